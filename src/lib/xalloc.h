@@ -1,0 +1,39 @@
+/* Allocation helpers that abort on exhaustion, and ownership hand-off. */
+#ifndef WRENN_XALLOC_H
+#define WRENN_XALLOC_H
+
+#include <stddef.h>
+
+/** malloc that aborts the process when memory is exhausted; never returns NULL. */
+void *xmalloc(size_t n);
+/** calloc that aborts on exhaustion or on n*size overflow. */
+void *xcalloc(size_t n, size_t size);
+/** realloc that aborts on exhaustion. */
+void *xrealloc(void *p, size_t n);
+/** strdup that aborts on exhaustion; xstrdup(NULL) returns NULL. */
+char *xstrdup(const char *s);
+/** strndup that aborts on exhaustion. */
+char *xstrndup(const char *s, size_t n);
+/** asprintf that aborts on exhaustion; returns the new string (caller frees). */
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/** Take the pointer out of *pp and leave NULL behind: an explicit ownership transfer. */
+#define steal_ptr(pp)                                                                              \
+    ({                                                                                             \
+        __typeof__(*(pp)) steal_tmp_ = *(pp);                                                      \
+        *(pp) = NULL;                                                                              \
+        steal_tmp_;                                                                                \
+    })
+
+/** Take the fd out of *fdp and leave -1 behind. */
+#define steal_fd(fdp)                                                                              \
+    ({                                                                                             \
+        int steal_fd_ = *(fdp);                                                                    \
+        *(fdp) = -1;                                                                               \
+        steal_fd_;                                                                                 \
+    })
+
+/** close(fd) when fd >= 0, keeping errno, and set it to -1. */
+void xclose(int *fdp);
+
+#endif
