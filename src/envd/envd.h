@@ -52,6 +52,15 @@ void envd_user_fini(envd_user_t *u);
 void envd_uid_name(uid_t uid, char *out, size_t n);
 void envd_gid_name(gid_t gid, char *out, size_t n);
 
+/** Act as u for filesystem access on the calling thread only: fsgid, supplementary groups and
+ * fsuid are switched with raw system calls (glibc's wrappers would switch every thread), so the
+ * kernel applies u's permissions to every path operation that follows, and files created are
+ * owned by u. A no-op when envd does not run as root. Always pair with envd_fs_restore() before
+ * the thread does anything else (connection threads serve further requests). */
+int envd_fs_become(const envd_user_t *u, err_t *e);
+/** Return the calling thread to envd's own identity. */
+void envd_fs_restore(void);
+
 /** Resolve a request path for user u (guest-agent.md §2.2): "" → default workdir or home,
  * "~" / "~/x" → home-relative, relative → under home, absolute → cleaned. "~other" → -EINVAL.
  * *out is malloc'd. The result is lexically cleaned (no "." or ".." components). */

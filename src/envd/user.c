@@ -8,6 +8,8 @@
 #include <pwd.h>
 #include <sodium.h>
 #include <stdio.h>
+#include <sys/fsuid.h>
+#include <sys/syscall.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -301,4 +303,30 @@ void envd_env_free(char **env)
     for (char **p = env; *p; p++)
         free(*p);
     free(env);
+}
+
+int envd_fs_become(const envd_user_t *u, err_t *e)
+{
+    if (geteuid() != 0 || u->uid == 0)
+        return 0;
+    if (syscall(SYS_setgroups, (size_t)u->ngroups, u->groups) < 0)
+        return err_errno(e, "setgroups");
+    setfsgid(u->gid);
+    setfsuid(u->uid);
+    /* setfsuid reports the previous id and never fails loudly: read back to be sure. */
+    if ((uid_t)setfsuid((uid_t)-1) != u->uid || (gid_t)setfsgid((gid_t)-1) != u->gid) {
+        envd_fs_restore();
+        return err_set(e, -EPERM, "cannot act as user %s", u->name);
+    }
+    return 0;
+}
+
+void envd_fs_restore(void)
+{
+    if (geteuid() != 0)
+        return;
+    setfsuid(0);
+    setfsgid(0);
+    gid_t none = 0;
+    syscall(SYS_setgroups, (size_t)0, &none);
 }
