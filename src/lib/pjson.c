@@ -86,7 +86,9 @@ static int int_of(const json_t *v, const char *camel, int64_t *out, err_t *e)
     }
     if (json_is_real(v)) {
         double d = json_real_value(v);
-        if (d != (double)(int64_t)d || d >= 9.2233720368547758e18 || d < -9.2233720368547758e18)
+        /* Range first: converting an out-of-range double to int64_t is undefined behaviour. */
+        if (!(d < 9.2233720368547758e18 && d >= -9.2233720368547758e18) ||
+            d != (double)(int64_t)d)
             return err_set(e, -EINVAL, "field %s must be an integer", camel);
         *out = (int64_t)d;
         return 0;
@@ -211,6 +213,38 @@ int pjson_dump(const json_t *v, buf_t *b)
     return 0;
 }
 
+/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one (overlong forms,
+ * UTF-16 surrogates and code points past U+10FFFF are invalid, as RFC 3629 says). */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0)
+            lo = 0xa0;
+        else if (c == 0xed)
+            hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0)
+            lo = 0x90;
+        else if (c == 0xf4)
+            hi = 0x8f;
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    return len;
+}
+
 void pjson_quote(buf_t *b, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
@@ -219,6 +253,19 @@ void pjson_quote(buf_t *b, const char *s, size_t len)
     size_t start = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) {
+            /* Valid UTF-8 passes through; each byte that is not part of a valid sequence
+             * becomes U+FFFD, so the output is always valid JSON (as Go's encoding/json does). */
+            size_t u = utf8_len((const unsigned char *)s + i, len - i);
+            if (u) {
+                i += u - 1;
+                continue;
+            }
+            buf_add(b, s + start, i - start);
+            start = i + 1;
+            buf_adds(b, "\\ufffd");
+            continue;
+        }
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
         buf_add(b, s + start, i - start);

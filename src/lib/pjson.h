@@ -42,7 +42,8 @@ int pjson_enum(const json_t *obj, const char *camel, const char *const *names, c
 /** Serialise compactly into b (appended); returns 0. */
 int pjson_dump(const json_t *v, buf_t *b);
 
-/** Append s to b as a JSON string literal with quotes and escapes. */
+/** Append s to b as a JSON string literal with quotes and escapes. The output is always valid
+ * JSON: each byte that is not part of a valid UTF-8 sequence becomes \ufffd. */
 void pjson_quote(buf_t *b, const char *s, size_t len);
 
 /** Format an int64 the way proto3 JSON wants it: a decimal string. */
