@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# End-to-end tests of wrenn-envd with the official npm `e2b` SDK, once per pinned SDK version.
+#
+# Starts the real wrenn-envd on 127.0.0.1/::1 port 49983 (where the SDK's debug mode,
+# E2B_DEBUG=true, sends every envd request), runs `node --test` over test/*.test.mjs with the TAP
+# reporter for each SDK alias in package.json, stops envd, and prints
+# `e2e: N passed, N failed` totalled over the runs. Exit status 0 only when everything passed.
+#
+# Environment:
+#   WRENN_ENVD_BIN   the envd binary (default: <repo>/build/src/envd/wrenn-envd)
+#   E2E_SDKS         space-separated aliases to run (default: "e2b-2.45 e2b-2.51")
+#   E2E_FILES        test files to run, relative to tests/e2e (default: test/*.test.mjs)
+#   E2E_RUN_TIMEOUT  seconds allowed for one node run before it is stopped (default: 600)
+#   E2E_KEEP_LOG     if set, copy envd's log to this path before the temp dir is removed
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=${WRENN_ENVD_BIN:-$root/build/src/envd/wrenn-envd}
+port=49983
+sdks=${E2E_SDKS:-"e2b-2.45 e2b-2.51"}
+run_timeout=${E2E_RUN_TIMEOUT:-600}
+
+die() {
+    echo "e2e: error: $*" >&2
+    exit 2
+}
+
+[[ -x $bin ]] || die "envd binary '$bin' not found or not executable (build with: ninja -C build, or set WRENN_ENVD_BIN)"
+command -v node >/dev/null || die "node is not installed"
+command -v npm >/dev/null || die "npm is not installed"
+
+# Refuse to run against whatever already listens on the SDK's fixed debug port: the tests would
+# silently exercise that server instead of ours.
+port_busy() {
+    local h
+    for h in 127.0.0.1 ::1; do
+        if (exec 3<>"/dev/tcp/$h/$port") 2>/dev/null; then
+            return 0
+        fi
+    done
+    return 1
+}
+if port_busy; then
+    die "port $port is already in use (the e2b SDK's debug mode always talks to localhost:$port); stop the process listening there first (e.g. 'ss -ltnp sport = :$port')"
+fi
+
+# Install exactly the locked SDK versions.
+cd "$here" || die "cannot enter $here"
+if [[ -f package-lock.json ]]; then
+    npm ci --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed"
+else
+    npm install --no-audit --no-fund --loglevel=error >/dev/null || die "npm install failed"
+fi
+
+work=$(mktemp -d /tmp/wrenn-e2e.XXXXXX) || die "mktemp failed"
+# The tests run some commands as 'nobody', which must be able to reach the scratch tree.
+chmod 0755 "$work"
+mkdir -p "$work/run" "$work/fs"
+chmod 0755 "$work/fs"
+envd_pid=
+
+cleanup() {
+    local rc=$?
+    if [[ -n $envd_pid ]] && kill -0 "$envd_pid" 2>/dev/null; then
+        kill -TERM "$envd_pid" 2>/dev/null
+        for _ in $(seq 50); do
+            kill -0 "$envd_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$envd_pid" 2>/dev/null && kill -KILL "$envd_pid" 2>/dev/null
+        wait "$envd_pid" 2>/dev/null
+    fi
+    if [[ -n ${E2E_KEEP_LOG:-} && -f $work/envd.log ]]; then
+        cp "$work/envd.log" "$E2E_KEEP_LOG"
+    fi
+    rm -rf "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$bin" --port "$port" --run-dir "$work/run" --log-level "${E2E_ENVD_LOG_LEVEL:-info}" \
+    >"$work/envd.log" 2>&1 &
+envd_pid=$!
+
+# Wait for /health on both loopback families (the SDK's "localhost" may be either).
+healthy=
+for _ in $(seq 100); do
+    if ! kill -0 "$envd_pid" 2>/dev/null; then
+        echo "e2e: envd exited during startup; its log:" >&2
+        sed 's/^/    /' "$work/envd.log" >&2
+        envd_pid=
+        exit 2
+    fi
+    if curl -fsS -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null; then
+        healthy=1
+        break
+    fi
+    sleep 0.1
+done
+[[ -n $healthy ]] || die "envd did not answer GET /health on port $port within 10 s"
+curl -fsS -o /dev/null -g "http://[::1]:$port/health" 2>/dev/null ||
+    echo "# e2e: warning: envd does not answer on [::1]:$port; 'localhost' may resolve to ::1" >&2
+
+if [[ -n ${E2E_FILES:-} ]]; then
+    read -r -a files <<<"$E2E_FILES"
+else
+    files=(test/*.test.mjs)
+fi
+
+total_pass=0
+total_fail=0
+status=0
+for sdk in $sdks; do
+    [[ -d node_modules/$sdk ]] || die "SDK alias '$sdk' is not installed (see package.json)"
+    ver=$(node -p "require('./node_modules/$sdk/package.json').version")
+    echo "# e2e: SDK $sdk (e2b@$ver) against $bin"
+    out="$work/tap-$sdk.txt"
+    E2B_DEBUG=true E2E_SDK_PKG=$sdk E2E_TMP="$work/fs" \
+        timeout --kill-after=10 "$run_timeout" \
+        node --test --test-reporter=tap "${files[@]}" 2>&1 | tee "$out"
+    rc=${PIPESTATUS[0]}
+    pass=$(grep -E '^# pass [0-9]+' "$out" | tail -1 | awk '{print $3}')
+    fail=$(grep -E '^# fail [0-9]+' "$out" | tail -1 | awk '{print $3}')
+    cancelled=$(grep -E '^# cancelled [0-9]+' "$out" | tail -1 | awk '{print $3}')
+    pass=${pass:-0}
+    fail=$((${fail:-0} + ${cancelled:-0}))
+    if [[ $rc -ne 0 && $fail -eq 0 ]]; then
+        # node itself failed (crash, timeout) without counting a failed test: count the run.
+        echo "# e2e: node exited with status $rc for $sdk"
+        fail=1
+    fi
+    echo "# e2e: $sdk: $pass passed, $fail failed"
+    total_pass=$((total_pass + pass))
+    total_fail=$((total_fail + fail))
+    [[ $rc -ne 0 || $fail -ne 0 ]] && status=1
+done
+
+if ! kill -0 "$envd_pid" 2>/dev/null; then
+    echo "# e2e: envd died during the tests; its log tail:"
+    tail -n 40 "$work/envd.log" | sed 's/^/#    /'
+    envd_pid=
+    status=1
+    total_fail=$((total_fail + 1))
+fi
+
+echo "e2e: $total_pass passed, $total_fail failed"
+exit $status
