@@ -12,6 +12,8 @@
 #   E2E_FILES        test files to run, relative to tests/e2e (default: test/*.test.mjs)
 #   E2E_RUN_TIMEOUT  seconds allowed for one node run before it is stopped (default: 600)
 #   E2E_KEEP_LOG     if set, copy envd's log to this path before the temp dir is removed
+#   E2E_CAPTURE      if set, put a logging proxy (lib/capture-proxy.mjs) on port 49983 in front of
+#                    envd (then on 49984) and write every request/response exchange to this file
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,6 +22,10 @@ bin=${WRENN_ENVD_BIN:-$root/build/src/envd/wrenn-envd}
 port=49983
 sdks=${E2E_SDKS:-"e2b-2.45 e2b-2.51"}
 run_timeout=${E2E_RUN_TIMEOUT:-600}
+# Paths given relative to the caller's directory, resolved before the cd below.
+capture=${E2E_CAPTURE:+$(realpath -m "$E2E_CAPTURE")}
+keep_log=${E2E_KEEP_LOG:+$(realpath -m "$E2E_KEEP_LOG")}
+[[ $bin == /* ]] || bin=$(realpath -m "$bin")
 
 die() {
     echo "e2e: error: $*" >&2
@@ -59,9 +65,16 @@ chmod 0755 "$work"
 mkdir -p "$work/run" "$work/fs"
 chmod 0755 "$work/fs"
 envd_pid=
+proxy_pid=
+envd_port=$port
+[[ -n $capture ]] && envd_port=$((port + 1))
 
 cleanup() {
     local rc=$?
+    if [[ -n $proxy_pid ]] && kill -0 "$proxy_pid" 2>/dev/null; then
+        kill -TERM "$proxy_pid" 2>/dev/null
+        wait "$proxy_pid" 2>/dev/null
+    fi
     if [[ -n $envd_pid ]] && kill -0 "$envd_pid" 2>/dev/null; then
         kill -TERM "$envd_pid" 2>/dev/null
         for _ in $(seq 50); do
@@ -71,8 +84,8 @@ cleanup() {
         kill -0 "$envd_pid" 2>/dev/null && kill -KILL "$envd_pid" 2>/dev/null
         wait "$envd_pid" 2>/dev/null
     fi
-    if [[ -n ${E2E_KEEP_LOG:-} && -f $work/envd.log ]]; then
-        cp "$work/envd.log" "$E2E_KEEP_LOG"
+    if [[ -n $keep_log && -f $work/envd.log ]]; then
+        cp "$work/envd.log" "$keep_log"
     fi
     rm -rf "$work"
     exit "$rc"
@@ -80,7 +93,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$bin" --port "$port" --run-dir "$work/run" --log-level "${E2E_ENVD_LOG_LEVEL:-info}" \
+"$bin" --port "$envd_port" --run-dir "$work/run" --log-level "${E2E_ENVD_LOG_LEVEL:-info}" \
     >"$work/envd.log" 2>&1 &
 envd_pid=$!
 
@@ -93,13 +106,23 @@ for _ in $(seq 100); do
         envd_pid=
         exit 2
     fi
-    if curl -fsS -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null; then
+    if curl -fsS -o /dev/null "http://127.0.0.1:$envd_port/health" 2>/dev/null; then
         healthy=1
         break
     fi
     sleep 0.1
 done
-[[ -n $healthy ]] || die "envd did not answer GET /health on port $port within 10 s"
+[[ -n $healthy ]] || die "envd did not answer GET /health on port $envd_port within 10 s"
+if [[ -n $capture ]]; then
+    : >"$capture" || die "cannot write $capture"
+    node lib/capture-proxy.mjs "$port" "$envd_port" "$capture" &
+    proxy_pid=$!
+    for _ in $(seq 50); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null && break
+        sleep 0.1
+    done
+    echo "# e2e: capturing envd traffic to $capture"
+fi
 curl -fsS -o /dev/null -g "http://[::1]:$port/health" 2>/dev/null ||
     echo "# e2e: warning: envd does not answer on [::1]:$port; 'localhost' may resolve to ::1" >&2
 
