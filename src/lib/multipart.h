@@ -3,6 +3,12 @@
  *
  * Limits: a part's header block is at most MULTIPART_MAX_HEADER bytes; the boundary at most 70
  * characters (RFC 2046). Anything malformed → -EINVAL with a message.
+ *
+ * Line endings: the delimiter must follow a CRLF (RFC 2046); inside a part's header block a bare
+ * LF is accepted as well. Part bytes are handed to part_data() as slices of the caller's buffer
+ * (no copy), so a delimiter split across two feeds costs only a few held-back bytes.
+ *
+ * Threading: a parser belongs to one thread at a time.
  */
 #ifndef WRENN_MULTIPART_H
 #define WRENN_MULTIPART_H
@@ -11,14 +17,16 @@
 
 #include "err.h"
 
-#define MULTIPART_MAX_HEADER (16 * 1024)
+#define MULTIPART_MAX_HEADER   (16 * 1024)
+#define MULTIPART_MAX_BOUNDARY 70
 
 typedef struct multipart multipart_t;
 
 typedef struct multipart_cb {
-    /* A part starts. name/filename come from Content-Disposition (filename NULL when absent;
-     * filename* is honoured), content_type from the part's Content-Type (NULL when absent).
-     * Return < 0 to stop with that error. */
+    /* A part starts. name/filename come from Content-Disposition (NULL when absent; filename*
+     * is honoured and wins over filename; quoted strings are unescaped), content_type from the
+     * part's Content-Type (NULL when absent). The strings live only during the call. Return < 0
+     * (and set *e) to stop with that error. */
     int (*part_begin)(void *ud, const char *name, const char *filename, const char *content_type,
                       err_t *e);
     /* Some bytes of the current part's body. */
