@@ -17,9 +17,10 @@ char *xstrndup(const char *s, size_t n);
 /** asprintf that aborts on exhaustion; returns the new string (caller frees). */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/** Take the pointer out of *pp and leave NULL behind: an explicit ownership transfer. */
+/** Take the pointer out of *pp and leave NULL behind: an explicit ownership transfer.
+ * (__extension__ keeps -Wpedantic quiet about the GNU statement expression.) */
 #define steal_ptr(pp)                                                                              \
-    ({                                                                                             \
+    __extension__({                                                                                \
         __typeof__(*(pp)) steal_tmp_ = *(pp);                                                      \
         *(pp) = NULL;                                                                              \
         steal_tmp_;                                                                                \
@@ -27,7 +28,7 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /** Take the fd out of *fdp and leave -1 behind. */
 #define steal_fd(fdp)                                                                              \
-    ({                                                                                             \
+    __extension__({                                                                                \
         int steal_fd_ = *(fdp);                                                                    \
         *(fdp) = -1;                                                                               \
         steal_fd_;                                                                                 \
