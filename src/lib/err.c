@@ -89,6 +89,7 @@ static const struct {
     {-EMSGSIZE, {413, "resource_exhausted", "request too large"}},
     {-EFBIG, {413, "resource_exhausted", "request too large"}},
     {-EPROTONOSUPPORT, {415, "unimplemented", "unsupported content type"}},
+    {-EDOM, {416, "out_of_range", "range not satisfiable"}}, /* GET /files byte ranges */
     {-EUSERS, {429, "resource_exhausted", "too many requests"}},
     {-EMFILE, {429, "resource_exhausted", "resource exhausted"}},
     {-ECANCELED, {499, "canceled", "canceled"}},
