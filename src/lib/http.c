@@ -58,6 +58,27 @@ const char *http_req_query(const http_req_t *r, const char *name)
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
+struct query_each {
+    void (*fn)(void *ud, const char *name, const char *value);
+    void *ud;
+};
+
+static enum MHD_Result query_each_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    (void)kind;
+    struct query_each *q = cls;
+    q->fn(q->ud, key, value ? value : "");
+    return MHD_YES;
+}
+
+void http_req_query_each(const http_req_t *r,
+                         void (*fn)(void *ud, const char *name, const char *value), void *ud)
+{
+    struct query_each q = {fn, ud};
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_each_cb, &q);
+}
+
 const char *http_req_body(const http_req_t *r, size_t *len)
 {
     if (len)
@@ -70,6 +91,27 @@ int http_req_socket(const http_req_t *r)
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     return ci ? ci->connect_fd : -1;
+}
+
+void http_req_peer(const http_req_t *r, char *out, size_t n)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (n)
+        out[0] = '\0';
+    if (!ci || !ci->client_addr || !n)
+        return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)n);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        /* An IPv4 client on a dual-stack socket is one address, whichever way it arrives. */
+        if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+            inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], out, (socklen_t)n);
+        else
+            inet_ntop(AF_INET6, &s6->sin6_addr, out, (socklen_t)n);
+    }
 }
 
 bool http_socket_gone(int sock)

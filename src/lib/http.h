@@ -70,10 +70,15 @@ const char *http_req_path(const http_req_t *r);
 const char *http_req_header(const http_req_t *r, const char *name);
 /** A query argument, percent-decoded, or NULL. has_query() tells "absent" from "empty". */
 const char *http_req_query(const http_req_t *r, const char *name);
+/** Call fn for every query argument in order (repeated names included), percent-decoded. */
+void http_req_query_each(const http_req_t *r,
+                         void (*fn)(void *ud, const char *name, const char *value), void *ud);
 /** The buffered body (NUL-terminated) and its length; empty for streamed routes. */
 const char *http_req_body(const http_req_t *r, size_t *len);
 /** The client's socket, for a streaming response to poll for a vanished client. */
 int http_req_socket(const http_req_t *r);
+/** The client's IP address as text ("127.0.0.1", "::1") into out; "" when unknown. */
+void http_req_peer(const http_req_t *r, char *out, size_t n);
 /** A per-request arena, freed when the request completes. */
 struct arena *http_req_arena(http_req_t *r);
 void http_req_set_state(http_req_t *r, void *state);
