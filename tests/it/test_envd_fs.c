@@ -756,8 +756,23 @@ static int rec_on_msg(void *ud, json_t *m)
         assert_int_equal(write(fd, "more", 4), 4);
         close(fd);
         AT(x, "sub/moved/y/new", write_file(p_, ""));
+        /* A tree built elsewhere and moved in: only a scan can report what it holds. */
+        char *outside = malloc(strlen(x->dir) + 64);
+        sprintf(outside, "%s-outside", x->dir);
+        char *cmd = malloc(strlen(outside) * 2 + 64);
+        sprintf(cmd, "mkdir -p %s/t/u && echo f > %s/t/u/file", outside, outside);
+        assert_int_equal(th_sh(cmd), 0);
+        char *from = malloc(strlen(outside) + 8), *to = in(x, "sub/t");
+        sprintf(from, "%s/t", outside);
+        assert_int_equal(rename(from, to), 0);
+        free(cmd), free(from), free(to), free(outside);
         AT(x, "sub/zz-end2", write_file(p_, ""));
     } else if (x->phase == 2 && strcmp(s->name, "sub/zz-end2") == 0) {
+        /* The moved-in directories are watched too. */
+        x->phase = 3;
+        AT(x, "sub/t/u/file", write_file(p_, "again"));
+        AT(x, "sub/t/u/zz-end3", write_file(p_, ""));
+    } else if (x->phase == 3 && strcmp(s->name, "sub/t/u/zz-end3") == 0) {
         return 1;
     }
     return 0;
@@ -789,7 +804,12 @@ static void test_watch_dir_recursive(void **state)
         {"sub/moved", "EVENT_TYPE_CREATE"},
         {"sub/moved/y/z/deep", "EVENT_TYPE_WRITE"},
         {"sub/moved/y/new", "EVENT_TYPE_CREATE"},
+        {"sub/t", "EVENT_TYPE_CREATE"},
+        {"sub/t/u", "EVENT_TYPE_CREATE"},
+        {"sub/t/u/file", "EVENT_TYPE_CREATE"},
         {"sub/zz-end2", "EVENT_TYPE_CREATE"},
+        {"sub/t/u/file", "EVENT_TYPE_WRITE"},
+        {"sub/t/u/zz-end3", "EVENT_TYPE_CREATE"},
     };
     assert_in_order(x, want, sizeof want / sizeof want[0]);
     assert_true(saw(x, "sub/x", "EVENT_TYPE_CREATE"));
