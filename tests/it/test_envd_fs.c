@@ -461,7 +461,8 @@ static void test_relative_paths(void **state)
     json_t *e = ok_entry(j, st);
     assert_string_equal(sget(e, "path"), f);
     json_decref(j);
-    j = call("Stat", &st, "{\"path\":\"~/../%s/../%s/./rel-file\"}", tmp + 1, strrchr(tmp, '/') + 1);
+    j = call("Stat", &st, "{\"path\":\"~/../%s/../%s/./rel-file\"}", tmp + 1,
+             strrchr(tmp, '/') + 1);
     e = ok_entry(j, st);
     assert_string_equal(sget(e, "path"), f);
     json_decref(j);
@@ -697,8 +698,8 @@ static void test_watch_dir(void **state)
     assert_int_equal(s.status, 200);
     assert_true(x->start_first);
     const char *const want[][2] = {
-        {"a", "EVENT_TYPE_CREATE"},   {"a", "EVENT_TYPE_WRITE"},   {"a", "EVENT_TYPE_CHMOD"},
-        {"a", "EVENT_TYPE_RENAME"},   {"b", "EVENT_TYPE_CREATE"},  {"b", "EVENT_TYPE_REMOVE"},
+        {"a", "EVENT_TYPE_CREATE"},   {"a", "EVENT_TYPE_WRITE"},       {"a", "EVENT_TYPE_CHMOD"},
+        {"a", "EVENT_TYPE_RENAME"},   {"b", "EVENT_TYPE_CREATE"},      {"b", "EVENT_TYPE_REMOVE"},
         {"sub", "EVENT_TYPE_CREATE"}, {"zz-end", "EVENT_TYPE_CREATE"},
     };
     assert_in_order(x, want, sizeof want / sizeof want[0]);
@@ -917,7 +918,7 @@ static void test_watchers(void **state)
     AT(x, "one", unlink(p_));
     poll_until(id, x, "one", "EVENT_TYPE_REMOVE");
     const char *const want[][2] = {
-        {"one", "EVENT_TYPE_CREATE"}, {"one", "EVENT_TYPE_WRITE"}, {"dir", "EVENT_TYPE_CREATE"},
+        {"one", "EVENT_TYPE_CREATE"},     {"one", "EVENT_TYPE_WRITE"}, {"dir", "EVENT_TYPE_CREATE"},
         {"dir/two", "EVENT_TYPE_CREATE"}, {"one", "EVENT_TYPE_CHMOD"}, {"one", "EVENT_TYPE_REMOVE"},
     };
     assert_in_order(x, want, sizeof want / sizeof want[0]);

@@ -17,8 +17,8 @@ static int str_field(const json_t *in, const char *name, size_t max, const char 
     if (strlen(s) != len)
         return err_set(e, -EINVAL, "field %s must not contain NUL bytes", name);
     if (len > max)
-        return err_set(e, -ENAMETOOLONG, "field %s is too long (%zu bytes, at most %zu)", name,
-                       len, max);
+        return err_set(e, -ENAMETOOLONG, "field %s is too long (%zu bytes, at most %zu)", name, len,
+                       max);
     *out = s;
     return 0;
 }
@@ -35,7 +35,8 @@ int fs_decode_path(const json_t *in, bool required, fs_path_req_t *out, err_t *e
     memset(out, 0, sizeof *out);
     out->path = "";
     int r;
-    if ((r = check_object(in, e)) < 0 || (r = str_field(in, "path", FS_PATH_MAX, &out->path, e)) < 0)
+    if ((r = check_object(in, e)) < 0 ||
+        (r = str_field(in, "path", FS_PATH_MAX, &out->path, e)) < 0)
         return r;
     if (required && !*out->path)
         return err_set(e, -EINVAL, "field path is required");
@@ -47,7 +48,8 @@ int fs_decode_list_dir(const json_t *in, fs_list_dir_req_t *out, err_t *e)
     memset(out, 0, sizeof *out);
     out->path = "";
     int r;
-    if ((r = check_object(in, e)) < 0 || (r = str_field(in, "path", FS_PATH_MAX, &out->path, e)) < 0 ||
+    if ((r = check_object(in, e)) < 0 ||
+        (r = str_field(in, "path", FS_PATH_MAX, &out->path, e)) < 0 ||
         (r = pjson_u32(in, "depth", &out->depth, NULL, e)) < 0)
         return r;
     if (out->depth == 0)
@@ -77,7 +79,8 @@ int fs_decode_watch(const json_t *in, fs_watch_req_t *out, err_t *e)
     memset(out, 0, sizeof *out);
     out->path = "";
     int r;
-    if ((r = check_object(in, e)) < 0 || (r = str_field(in, "path", FS_PATH_MAX, &out->path, e)) < 0 ||
+    if ((r = check_object(in, e)) < 0 ||
+        (r = str_field(in, "path", FS_PATH_MAX, &out->path, e)) < 0 ||
         (r = pjson_bool(in, "recursive", &out->recursive, NULL, e)) < 0)
         return r;
     return 0;

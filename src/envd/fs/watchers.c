@@ -18,7 +18,7 @@
 /* Events a watcher buffers between two GetWatcherEvents calls. */
 #define WATCHER_MAX_EVENTS 10000
 /* Watchers alive at once: each holds a thread and an inotify instance. */
-#define MAX_WATCHERS 256
+#define MAX_WATCHERS  256
 #define WATCHER_STACK (1024 * 1024)
 
 /* ---- WatchDir ---- */
