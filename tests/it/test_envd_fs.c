@@ -288,9 +288,13 @@ static void test_move(void **state)
     assert_true(exists(moved_inner));
     assert_false(exists(sd));
 
-    j = call("Move", &st, "{\"source\":\"%s/nope\",\"destination\":\"%s/nope2\"}", tmp, tmp);
+    /* A missing source fails before any destination directory is made. */
+    j = call("Move", &st, "{\"source\":\"%s/nope\",\"destination\":\"%s/mv-np/a/b\"}", tmp, tmp);
     assert_error(j, st, 404, "not_found");
     json_decref(j);
+    char *np = tpath("mv-np");
+    assert_false(exists(np));
+    free(np);
     /* Both fields are required. */
     j = call("Move", &st, "{\"source\":\"%s\"}", dst);
     assert_error(j, st, 400, "invalid_argument");

@@ -133,6 +133,15 @@ int fs__move(connect_call_t *c, const json_t *req, json_t **resp, err_t *e)
         (r = envd_resolve_path(c->ud, &x.u, q.source, &src, e)) < 0 ||
         (r = envd_resolve_path(c->ud, &x.u, q.destination, &dst, e)) < 0)
         goto out;
+    /* A missing source is reported before any destination directory is made for it. */
+    struct stat st;
+    if (lstat(src, &st) < 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            r = err_set(e, -ENOENT, "source not found: %s", src);
+        else
+            r = fs__errno(e, "move", src);
+        goto out;
+    }
     char *slash = strrchr(dst, '/');
     if (slash && slash != dst) {
         *slash = '\0';
@@ -145,8 +154,9 @@ int fs__move(connect_call_t *c, const json_t *req, json_t **resp, err_t *e)
         if (errno == ENOENT) {
             r = err_set(e, -ENOENT, "source not found: %s", src);
         } else {
+            int err = errno;
             r = fs__errno(e, "move", src);
-            err_wrap(e, "to %s", dst);
+            err_set(e, r, "move %s to %s: %s", src, dst, strerror(err));
         }
         goto out;
     }
