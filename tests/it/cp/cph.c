@@ -396,3 +396,21 @@ db_t *cph_db(cph_t *c)
         return NULL;
     return db;
 }
+
+char *cph_sql1(cph_t *c, const char *sql, int n, const char *const *params)
+{
+    db_t *db = NULL;
+    err_t e = {0};
+    if (db_open(c->db_url, 1, &db, &e) < 0)
+        return NULL;
+    db_conn_t *conn = NULL;
+    db_row1_t r = {0};
+    char *out = NULL;
+    if (db_acquire(db, &conn, &e) >= 0 && db_exec_dyn(conn, sql, n, params, db_row1_fn, &r, &e) >= 0 &&
+        r.found && r.v[0])
+        out = xstrdup(r.v[0]);
+    db_row1_fini(&r);
+    db_release(conn);
+    db_close(db);
+    return out;
+}

@@ -58,6 +58,9 @@ db_t *cph_db(cph_t *c);
 /** Run one SQL statement with parameters against c's database; returns rows or -errno. */
 int cph_sql(cph_t *c, const char *sql, int n, const char *const *params);
 
+/** The first column of the first row of a query (malloc'd), or NULL. */
+char *cph_sql1(cph_t *c, const char *sql, int n, const char *const *params);
+
 /** Quick JSON accessors. */
 const char *js(json_t *o, const char *key);
 
