@@ -143,6 +143,8 @@ static int on_headers(http_req_t *req, void *ud, err_t *e)
     return 0;
 }
 
+#define STREAM_COMPACT_AT (1u << 20) /* sent bytes kept at the head of a stream's buffer */
+
 struct stream {
     connect_source_t src;
     buf_t pending;
@@ -209,6 +211,11 @@ static ssize_t stream_read(void *ud, char *dst, size_t max)
             s->off += n;
             if (s->off == s->pending.len) {
                 buf_reset(&s->pending);
+                s->off = 0;
+            } else if (s->off >= STREAM_COMPACT_AT) {
+                /* Drop what was sent: top-ups rarely leave the buffer empty, and without this
+                 * it would grow with the length of the whole stream. */
+                buf_consume(&s->pending, s->off);
                 s->off = 0;
             }
             return (ssize_t)n;
