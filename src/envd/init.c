@@ -22,7 +22,6 @@ static void mnt(const char *src, const char *dst, const char *type, unsigned lon
 
 _Noreturn void envd_init_main(int argc, char **argv)
 {
-    (void)argc;
     log_init("init", LOG_INFO);
     mnt("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     mnt("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
@@ -49,7 +48,13 @@ _Noreturn void envd_init_main(int argc, char **argv)
             sigemptyset(&none);
             sigprocmask(SIG_SETMASK, &none, NULL);
             setsid();
-            char *args[] = {argv[0], "--in-vm", NULL};
+            /* The agent gets init's own arguments (from the kernel command line) plus --in-vm. */
+            char *args[66];
+            int n = 0;
+            for (int i = 0; i < argc && n < 64; i++)
+                args[n++] = argv[i];
+            args[n++] = "--in-vm";
+            args[n] = NULL;
             execv("/proc/self/exe", args);
             _exit(127);
         }
