@@ -4,13 +4,16 @@
 #include "xalloc.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 struct http_server {
@@ -37,6 +40,7 @@ struct http_req {
     err_t err;      /* set when the body failed; answered at the end */
     bool failed;
     bool responded;
+    bool early; /* answered before a request body was read (see linger_close) */
     void *state;
     struct hdr *hdrs;
     size_t nhdrs;
@@ -303,6 +307,31 @@ static void answer_preflight(http_req_t *r)
     queue(r, 204, resp, NULL);
 }
 
+/* How the request says its body is framed. */
+struct framing {
+    const char *cl; /* the first Content-Length value */
+    bool cl_conflict;
+    bool te;
+};
+
+static enum MHD_Result framing_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    (void)kind;
+    struct framing *f = cls;
+    if (!value)
+        value = "";
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (f->cl && strcmp(f->cl, value) != 0)
+            f->cl_conflict = true;
+        if (!f->cl)
+            f->cl = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->te = true;
+    }
+    return MHD_YES;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload,
                                  size_t *upload_size, void **con_cls)
@@ -322,8 +351,24 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         buf_init(&r->body);
         *con_cls = r;
 
+        const char *cl = http_req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        bool has_body = (cl && strtoull(cl, NULL, 10) > 0) ||
+                        http_req_header(r, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        /* MHD frames the body by the first of several differing Content-Length headers and
+         * lets Transfer-Encoding and Content-Length coexist; a proxy in front that reads them
+         * the other way would see a different request boundary (request smuggling). RFC 9112
+         * §6.3 makes both an error. The early answer also makes MHD close the connection. */
+        struct framing fr = {0};
+        MHD_get_connection_values(conn, MHD_HEADER_KIND, framing_cb, &fr);
+        if (fr.cl_conflict || (fr.te && fr.cl)) {
+            err_set(&e, -EINVAL, "conflicting Content-Length and Transfer-Encoding headers");
+            http_respond_error(r, -EINVAL, &e);
+            r->early = true;
+            return MHD_YES;
+        }
         if (srv->cors && strcmp(method, "OPTIONS") == 0) {
             answer_preflight(r);
+            r->early = has_body;
             return MHD_YES;
         }
         bool known = false;
@@ -336,14 +381,15 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 err_set(&e, -ENODEV, "no route for %s", r->path);
                 http_respond_error(r, -ENODEV, &e);
             }
+            r->early = has_body;
             return MHD_YES;
         }
         r->max_body = r->route->max_body ? r->route->max_body : HTTP_DEFAULT_MAX_BODY;
         if (!r->route->on_body) {
-            const char *cl = http_req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
             if (cl && strtoull(cl, NULL, 10) > r->max_body) {
                 err_set(&e, -EMSGSIZE, "request body larger than %zu bytes", r->max_body);
                 respond_err(r, -EMSGSIZE, &e);
+                r->early = true;
                 return MHD_YES;
             }
         }
@@ -351,6 +397,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             int rc = r->route->on_headers(r, r->route->ud, &e);
             if (rc < 0) {
                 respond_err(r, rc, &e);
+                r->early = has_body;
                 return MHD_YES;
             }
         }
@@ -394,15 +441,46 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     return MHD_YES;
 }
 
+/* An answer queued before the request body was read makes MHD close the connection with the
+ * rest of the body unread, and closing a socket with unread data sends a RST that can destroy
+ * the answer before the client has read it: a large upload refused with 401 or 413 then looks
+ * like a network error to the client. Like Go's net/http, send our FIN first, then read and drop
+ * what the client is still sending until it closes, for at most two seconds. Runs on the
+ * connection's own thread. */
+static void linger_close(int fd)
+{
+    if (fd < 0 || shutdown(fd, SHUT_WR) < 0)
+        return;
+    char scratch[16384];
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = 2000 - ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000);
+        if (left <= 0)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, (int)left) <= 0)
+            break;
+        ssize_t n = recv(fd, scratch, sizeof scratch, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+            break;
+    }
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
     (void)cls;
-    (void)conn;
-    (void)toe;
     http_req_t *r = *con_cls;
     if (!r)
         return;
+    if (r->early && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci)
+            linger_close(ci->connect_fd);
+    }
     if (r->route && r->route->cleanup)
         r->route->cleanup(r, r->route->ud);
     for (size_t i = 0; i < r->nhdrs; i++) {
