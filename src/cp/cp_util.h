@@ -35,6 +35,9 @@ void cp_slug_new(char out[14]);
 /** Whether s has the slug shape. */
 bool cp_slug_valid(const char *s);
 
+/** Whether s is well-formed UTF-8 (no overlongs, surrogates or code points above U+10FFFF). */
+bool cp_utf8_valid(const char *s);
+
 /** Trim ASCII whitespace in place and return s. */
 char *cp_trim(char *s);
 /** Lowercase ASCII in place and return s. */

@@ -332,6 +332,22 @@ static int authenticate(cp_req_t *r, cp_auth_t kind, err_t *e)
 
 /* ---- the dispatcher ---- */
 
+static void utf8_cb(void *ud, const char *name, const char *value)
+{
+    bool *ok = ud;
+    if (!cp_utf8_valid(name) || !cp_utf8_valid(value))
+        *ok = false;
+}
+
+/* Paths and query values reach SQL as text; both engines must see the same valid UTF-8. */
+static bool request_utf8_ok(http_req_t *h)
+{
+    bool ok = cp_utf8_valid(http_req_path(h));
+    if (ok)
+        http_req_query_each(h, utf8_cb, &ok);
+    return ok;
+}
+
 static void dispatch(http_req_t *h, void *ud)
 {
     struct timespec t0, t1;
@@ -358,6 +374,10 @@ static void dispatch(http_req_t *h, void *ud)
         }
     }
     err_t e = {0};
+    if (hit && !request_utf8_ok(h)) {
+        cp_failf(&r, -EINVAL, "path or query is not valid UTF-8");
+        goto out;
+    }
     if (!hit) {
         if (path_known) {
             http_set_header(h, "Allow", allow);
