@@ -51,7 +51,8 @@
 #define QUEUE_MAX    64          /* events queued per subscriber before the reader waits */
 #define PIPE_CHUNK   (32 * 1024) /* largest stdout/stderr piece */
 #define PTY_CHUNK    (16 * 1024) /* largest PTY piece */
-#define DRAIN_READS  64          /* reads per fd after the exit, so a chatty grandchild can't stall */
+#define READ_BATCH   8           /* pieces read from one fd per wake-up */
+#define DRAIN_READS  16          /* batches per fd after the exit, so a chatty grandchild can't stall */
 #define READER_STACK (64 * 1024)
 #define SHUTDOWN_WAIT_MS 5000
 
@@ -301,7 +302,9 @@ static int sub_next(void *ud, buf_t *out, err_t *e)
     }
     chunk_t *c = s->q[s->head];
     s->head = (s->head + 1) % (QUEUE_MAX + 1);
-    if (s->count-- >= QUEUE_MAX)
+    /* Wake a reader waiting for room only once the queue is half empty: waking it for every
+     * freed slot would cost a context switch per piece. */
+    if (--s->count == QUEUE_MAX / 2)
         pthread_cond_broadcast(&p->space);
     if (c->kind == CH_END)
         s->done = true;
@@ -348,40 +351,54 @@ static void source_fill(connect_source_t *src, sub_t *s)
 
 /* ---- the reader thread ---- */
 
-/* Hand c to every subscriber, waiting while any of them is full. Takes c. */
-static void publish(proc_t *p, chunk_t *c)
+/* Hand the n pieces in cs to every subscriber, in order, waiting while any of them is full.
+ * Takes the pieces. One lock round for a whole batch keeps the hot path cheap. */
+static void publish(proc_t *p, chunk_t **cs, size_t n)
 {
     pthread_mutex_lock(&p->lock);
-    for (;;) {
-        bool full = false;
-        for (sub_t *s = p->subs; s && !full; s = s->next)
-            full = sub_full_locked(s);
-        if (!full || atomic_load(&p->t->closing))
-            break;
-        pthread_cond_wait(&p->space, &p->lock);
+    for (size_t i = 0; i < n; i++) {
+        for (;;) {
+            bool full = false;
+            for (sub_t *s = p->subs; s && !full; s = s->next)
+                full = sub_full_locked(s);
+            if (!full || atomic_load(&p->t->closing))
+                break;
+            pthread_cond_wait(&p->space, &p->lock);
+        }
+        if (!atomic_load(&p->t->closing))
+            for (sub_t *s = p->subs; s; s = s->next)
+                sub_push_locked(s, cs[i]);
     }
-    if (!atomic_load(&p->t->closing))
-        for (sub_t *s = p->subs; s; s = s->next)
-            sub_push_locked(s, c);
     pthread_mutex_unlock(&p->lock);
-    chunk_unref(c);
+    for (size_t i = 0; i < n; i++)
+        chunk_unref(cs[i]);
 }
 
-/* Read one piece from fd and publish it. Returns false at end of file (or a PTY's EIO). */
+/* Read what fd has ready - up to READ_BATCH full pieces, stopping at the first short read -
+ * and publish it. Returns false at end of file (or a PTY's EIO), true otherwise. */
 static bool pump(proc_t *p, int fd, int kind)
 {
     size_t cap = kind == CH_PTY ? PTY_CHUNK : PIPE_CHUNK;
-    chunk_t *c = chunk_new(kind, cap);
-    ssize_t n;
-    while ((n = read(fd, c->data, cap)) < 0 && errno == EINTR)
-        ;
-    if (n <= 0) {
-        chunk_unref(c);
-        return n < 0 && errno == EAGAIN;
+    chunk_t *cs[READ_BATCH];
+    size_t n = 0;
+    bool open = true;
+    while (n < READ_BATCH) {
+        chunk_t *c = chunk_new(kind, cap);
+        ssize_t got;
+        while ((got = read(fd, c->data, cap)) < 0 && errno == EINTR)
+            ;
+        if (got <= 0) {
+            chunk_unref(c);
+            open = got < 0 && errno == EAGAIN;
+            break;
+        }
+        c->len = (size_t)got;
+        cs[n++] = c;
+        if ((size_t)got < cap)
+            break;
     }
-    c->len = (size_t)n;
-    publish(p, c);
-    return true;
+    publish(p, cs, n);
+    return open;
 }
 
 /* Go's syscall.Signal.String() wording, as ProcessState.String() prints it. */
@@ -473,6 +490,7 @@ static void *reader_main(void *arg)
     memset(&si, 0, sizeof si);
     int werr = 0;
     int64_t t0 = connect_now_ms();
+    pthread_setname_np(pthread_self(), "envd-proc");
 
     for (bool exited = false; !exited;) {
         if (poll(fds, 3, -1) < 0) {

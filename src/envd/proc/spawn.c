@@ -28,6 +28,8 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
+#define OUT_PIPE_SIZE (1 << 20)
+
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* Steps of the child that report failure back to the parent before exec. */
@@ -289,6 +291,11 @@ int proc__spawn(const proc__spawn_cfg_t *cfg, proc__child_t *out, err_t *e)
             r = err_errno(e, "pipe");
             goto out;
         }
+        if ((r = set_nonblock(o[0], e)) < 0 || (r = set_nonblock(er[0], e)) < 0)
+            goto out;
+        /* A roomier stdout pipe means fewer context switches between a chatty command and the
+         * reader; best effort (the size is capped by fs.pipe-max-size for non-root). */
+        fcntl(o[1], F_SETPIPE_SZ, OUT_PIPE_SIZE);
         if (cfg->stdin_pipe) {
             if (pipe2(in, O_CLOEXEC) < 0) {
                 r = err_errno(e, "pipe");

@@ -27,8 +27,8 @@ typedef struct proc__child {
     pid_t pid;
     int pidfd;
     int stdin_fd;  /* write end of the stdin pipe (O_NONBLOCK), or -1 */
-    int stdout_fd; /* read end, or -1 for a PTY */
-    int stderr_fd; /* read end, or -1 for a PTY */
+    int stdout_fd; /* read end (O_NONBLOCK), or -1 for a PTY */
+    int stderr_fd; /* read end (O_NONBLOCK), or -1 for a PTY */
     int pty_fd;    /* PTY master (O_NONBLOCK), or -1 */
 } proc__child_t;
 
