@@ -894,10 +894,15 @@ static void test_keepalive(void **state)
     th_stream_fini(&s);
 }
 
+/* A client that stalls at its first data event (so envd's queues and socket buffers fill and
+ * the reader has to wait for room), then goes away. */
 static int stop_after_data(void *ud, json_t *m)
 {
     (void)ud;
-    return json_object_get(json_object_get(m, "event"), "data") ? 1 : 0;
+    if (!json_object_get(json_object_get(m, "event"), "data"))
+        return 0;
+    usleep(1000000);
+    return 1;
 }
 
 static void test_client_disconnect(void **state)

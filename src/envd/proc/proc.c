@@ -608,7 +608,7 @@ static json_t *config_json(const proc_start_req_t *rq)
         json_object_set_new(cfg, "args", a);
     }
     if (json_object_size(rq->envs))
-        json_object_set(cfg, "envs", rq->envs);
+        json_object_set_new(cfg, "envs", json_deep_copy(rq->envs));
     if (rq->cwd)
         json_object_set_new(cfg, "cwd", json_string(rq->cwd));
     return cfg;
@@ -760,7 +760,8 @@ static int write_all(int fd, const char *data, size_t len, int sock, err_t *e)
             struct pollfd pf[2] = {{.fd = fd, .events = POLLOUT},
                                    {.fd = sock, .events = POLLRDHUP}};
             int n = poll(pf, sock >= 0 ? 2 : 1, 1000);
-            if (n > 0 && sock >= 0 && (pf[1].revents & (POLLRDHUP | POLLHUP | POLLERR)))
+            if (n > 0 && sock >= 0 &&
+                (pf[1].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
                 return err_set(e, -ECANCELED, "client went away while writing input");
             continue;
         }
