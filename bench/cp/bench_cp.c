@@ -35,7 +35,7 @@
 
 extern char **environ;
 
-#define THREADS 2
+#define THREADS     2
 #define MAX_SAMPLES (4 * 1024 * 1024)
 
 static double now_s(void)
@@ -169,7 +169,9 @@ static result_t run_load(int port, const char *req, double seconds)
     pthread_t th[THREADS];
     load_t l[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        l[i] = (load_t){.port = port, .req = req, .seconds = seconds,
+        l[i] = (load_t){.port = port,
+                        .req = req,
+                        .seconds = seconds,
                         .lat = xmalloc(MAX_SAMPLES * sizeof(double))};
         pthread_create(&th[i], NULL, load_thread, &l[i]);
     }
@@ -246,8 +248,13 @@ static result_t run_base(db_t *db, int kind, const char *hash, const char *user,
     pthread_t th[THREADS];
     base_t b[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        b[i] = (base_t){.db = db, .kind = kind, .hash = hash, .user = user, .team = team,
-                        .seconds = seconds, .lat = xmalloc(MAX_SAMPLES * sizeof(double))};
+        b[i] = (base_t){.db = db,
+                        .kind = kind,
+                        .hash = hash,
+                        .user = user,
+                        .team = team,
+                        .seconds = seconds,
+                        .lat = xmalloc(MAX_SAMPLES * sizeof(double))};
         pthread_create(&th[i], NULL, base_thread, &b[i]);
     }
     long ops = 0;
@@ -283,8 +290,12 @@ static json_t *post(httpc_t *h, int port, const char *path, const char *auth, co
         snprintf(hdr, sizeof hdr, "Authorization: Bearer %s", auth);
         hdrs[1] = hdr;
     }
-    httpc_req_t rq = {.method = "POST", .url = url, .headers = hdrs, .body = body,
-                      .body_len = strlen(body), .timeout_ms = 30000};
+    httpc_req_t rq = {.method = "POST",
+                      .url = url,
+                      .headers = hdrs,
+                      .body = body,
+                      .body_len = strlen(body),
+                      .timeout_ms = 30000};
     httpc_resp_t rs;
     httpc_resp_init(&rs);
     err_t e = {0};
@@ -328,7 +339,7 @@ int main(int argc, char **argv)
     snprintf(pf, sizeof pf, "--port-file=%s", portfile);
     snprintf(sqlite, sizeof sqlite, "%s/wrenn.db", dir);
     snprintf(dbarg, sizeof dbarg, "--database-url=%s", db_url ? db_url : sqlite);
-    char *args[] = {(char *)bin, dd, pf, dbarg, "--port=0", "--addr=127.0.0.1",
+    char *args[] = {(char *)bin,        dd,  pf, dbarg, "--port=0", "--addr=127.0.0.1",
                     "--log-level=warn", NULL};
     pid_t pid;
     if (posix_spawn(&pid, bin, NULL, NULL, args, environ) != 0) {
@@ -355,8 +366,8 @@ int main(int argc, char **argv)
         goto out;
     }
     long st = 0;
-    su = post(h, port, "/v1/auth/signup",
-              NULL, "{\"email\":\"bench@example.com\",\"password\":\"benchmark-pass\",\"name\":\"B\"}",
+    su = post(h, port, "/v1/auth/signup", NULL,
+              "{\"email\":\"bench@example.com\",\"password\":\"benchmark-pass\",\"name\":\"B\"}",
               &st);
     if (st != 201) {
         fprintf(stderr, "signup failed: %ld\n", st);
@@ -406,22 +417,23 @@ int main(int argc, char **argv)
     result_t bk = run_base(db, 0, hash, uid, tid, seconds);
     result_t bj = run_base(db, 1, hash, uid, tid, seconds);
 
-    printf("\n| wrenn-cp on %s, %d client threads, keep-alive, %.0f s | req/s | p50 ms | p99 ms | errors |\n",
+    printf("\n| wrenn-cp on %s, %d client threads, keep-alive, %.0f s | req/s | p50 ms | p99 ms | "
+           "errors |\n",
            db_url ? "PostgreSQL" : "SQLite", THREADS, seconds);
     printf("|---|---:|---:|---:|---:|\n");
     printf("| POST /v1/auth/login (sequential, Argon2id default cost) | - | %.2f | %.2f | %d |\n",
            login_p50, login_p99, 40 - nl);
     printf("| GET /v1/sandboxes, X-API-Key | %.0f | %.3f | %.3f | %ld |\n", rk.rps, rk.p50_ms,
            rk.p99_ms, rk.errors);
-    printf("| baseline: key lookup + sandbox list, direct SQL | %.0f | %.3f | %.3f | - |\n",
-           bk.rps, bk.p50_ms, bk.p99_ms);
+    printf("| baseline: key lookup + sandbox list, direct SQL | %.0f | %.3f | %.3f | - |\n", bk.rps,
+           bk.p50_ms, bk.p99_ms);
     printf("| GET /v1/api-keys, JWT | %.0f | %.3f | %.3f | %ld |\n", rj.rps, rj.p50_ms, rj.p99_ms,
            rj.errors);
     printf("| baseline: membership check + key list, direct SQL | %.0f | %.3f | %.3f | - |\n",
            bj.rps, bj.p50_ms, bj.p99_ms);
     if (!db_url)
         printf("\ntargets: >= 10000 key-authenticated req/s on SQLite: %s; p99 <= 5 ms: %s\n",
-           rk.rps >= 10000 ? "met" : "NOT met", rk.p99_ms <= 5 ? "met" : "NOT met");
+               rk.rps >= 10000 ? "met" : "NOT met", rk.p99_ms <= 5 ? "met" : "NOT met");
     status = 0;
 out:
     db_close(db);

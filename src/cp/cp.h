@@ -17,12 +17,12 @@ typedef struct cp {
     unsigned char jwt_key[256];
     size_t jwt_keylen;
     long jwt_ttl_s;
-    const char *key_prefix;       /* API key prefix, default "e2b_" */
-    unsigned long pw_ops;         /* Argon2id cost */
+    const char *key_prefix; /* API key prefix, default "e2b_" */
+    unsigned long pw_ops;   /* Argon2id cost */
     unsigned long pw_mem_kib;
-    int64_t key_touch_us;         /* minimum gap between last_used writes per key */
-    rl_t *rl_email;               /* failed logins per email */
-    rl_t *rl_addr;                /* failed logins per client address */
+    int64_t key_touch_us; /* minimum gap between last_used writes per key */
+    rl_t *rl_email;       /* failed logins per email */
+    rl_t *rl_addr;        /* failed logins per client address */
 } cp_t;
 
 #endif

@@ -4,7 +4,7 @@
 #define WRENN_CP_EMBEDDED_H
 
 typedef struct cp_migration {
-    int version;      /* 0 ends the table */
+    int version; /* 0 ends the table */
     const char *name;
     const char *up;
     const char *down;

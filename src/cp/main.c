@@ -118,8 +118,8 @@ int main(int argc, char **argv)
 {
     long port = 8080, jwt_ttl = 6 * 3600, pw_ops = 2, pw_mem = 64 * 1024, fail_email = 10,
          fail_addr = 50, fail_window = 300, touch = 60, pool = 16, max_conn = 1024;
-    const char *addr = NULL, *port_file = NULL, *data_dir = "/var/lib/wrenn/cp",
-               *db_url = NULL, *jwt_secret = NULL, *key_prefix = "e2b_", *log_level = "info";
+    const char *addr = NULL, *port_file = NULL, *data_dir = "/var/lib/wrenn/cp", *db_url = NULL,
+               *jwt_secret = NULL, *key_prefix = "e2b_", *log_level = "info";
     bool help = false, version = false;
     const cfg_opt_t opts[] = {
         {"port", CFG_INT, &port, 0, 65535, "TCP port (0: any free port)"},

@@ -61,7 +61,7 @@ void cp_api_routes(cp_t *cp, http_route_t out[2]);
 
 /* Error codes that exist only in the control plane's vocabulary (api.md §0.2). */
 #define CP_E_EMAIL_TAKEN (-ENOTUNIQ)
-#define CP_E_NO_TEAM (-ENOMEDIUM)
+#define CP_E_NO_TEAM     (-ENOMEDIUM)
 
 /** Answer with the error envelope {"error":{"code","message"}}; status and code come from the
  * error table in errors.c. */
@@ -84,8 +84,8 @@ int cp_query_list(cp_req_t *r, const char *name, const char ***out, int *n, err_
 
 /** Record an audit entry for the caller (fire-and-forget: failures are logged). meta may be
  * NULL; it is not taken. */
-void cp_audit(cp_req_t *r, const char *resource_type, const char *resource_id,
-              const char *action, const char *scope, const char *status, json_t *meta);
+void cp_audit(cp_req_t *r, const char *resource_type, const char *resource_id, const char *action,
+              const char *scope, const char *status, json_t *meta);
 
 /** The error table row for a code (for tests and docs). */
 typedef struct cp_err_row {

@@ -11,13 +11,12 @@
 #include <string.h>
 #include <time.h>
 
-#define EMAIL_MAX 254
+#define EMAIL_MAX    254
 #define NAME_MAX_LEN 100
 
 /* Answer with a token scoped to team_id and the caller's identity. */
 static void token_response(cp_req_t *r, int status, const char *user_id, const char *team_id,
-                           const char *email, const char *name, const char *role,
-                           bool is_admin)
+                           const char *email, const char *name, const char *role, bool is_admin)
 {
     jwt_claims_t c = {0};
     snprintf(c.sub, sizeof c.sub, "%s", user_id);

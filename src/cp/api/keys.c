@@ -23,9 +23,8 @@ void cp_h_keys_create(cp_req_t *r)
     cp_id_new("key_", id, sizeof id);
     secret_key_new(r->cp->key_prefix, key, sizeof key, hash, shown, sizeof shown);
     cp_time_fmt(cp_now_us(), now);
-    if ((rc = cp_db(r, &db, &e)) < 0 ||
-        (rc = store_key_create(db, id, r->who.team_id, nm, hash, shown, r->who.user_id, now, &e)) <
-            0)
+    if ((rc = cp_db(r, &db, &e)) < 0 || (rc = store_key_create(db, id, r->who.team_id, nm, hash,
+                                                               shown, r->who.user_id, now, &e)) < 0)
         goto fail;
     json_t *meta = json_pack("{s:s}", "name", nm);
     cp_audit(r, "api_key", id, "create", "team", "success", meta);
@@ -52,8 +51,7 @@ void cp_h_keys_list(cp_req_t *r)
     db_conn_t *db = NULL;
     json_t *arr = NULL;
     int rc;
-    if ((rc = cp_db(r, &db, &e)) < 0 || (rc = store_key_list(db, r->who.team_id, &arr, &e)) < 0)
-        {
+    if ((rc = cp_db(r, &db, &e)) < 0 || (rc = store_key_list(db, r->who.team_id, &arr, &e)) < 0) {
         cp_fail(r, rc, &e);
         return;
     }
@@ -66,19 +64,16 @@ void cp_h_keys_delete(cp_req_t *r)
     db_conn_t *db = NULL;
     const char *id = r->param[0];
     int rc;
-    if (!cp_id_valid("key_", id))
-        {
+    if (!cp_id_valid("key_", id)) {
         cp_failf(r, -EINVAL, "invalid API key ID");
         return;
     }
-    if ((rc = cp_db(r, &db, &e)) < 0 || (rc = store_key_delete(db, r->who.team_id, id, &e)) < 0)
-        {
+    if ((rc = cp_db(r, &db, &e)) < 0 || (rc = store_key_delete(db, r->who.team_id, id, &e)) < 0) {
         cp_fail(r, rc, &e);
         return;
     }
     /* A key of another team is indistinguishable from a missing one. */
-    if (rc == 0)
-        {
+    if (rc == 0) {
         cp_failf(r, -ENOENT, "API key not found");
         return;
     }

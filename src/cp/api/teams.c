@@ -64,7 +64,8 @@ void cp_h_teams_list(cp_req_t *r)
     db_conn_t *db = NULL;
     json_t *arr = NULL;
     int rc;
-    if ((rc = cp_db(r, &db, &e)) < 0 || (rc = store_teams_of_user(db, r->who.user_id, &arr, &e)) < 0)
+    if ((rc = cp_db(r, &db, &e)) < 0 ||
+        (rc = store_teams_of_user(db, r->who.user_id, &arr, &e)) < 0)
         FAIL(rc, &e);
     cp_json(r, 200, arr);
 }

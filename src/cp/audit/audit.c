@@ -8,14 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-void cp_audit(cp_req_t *r, const char *resource_type, const char *resource_id,
-              const char *action, const char *scope, const char *status, json_t *meta)
+void cp_audit(cp_req_t *r, const char *resource_type, const char *resource_id, const char *action,
+              const char *scope, const char *status, json_t *meta)
 {
     const cp_actor_t *w = &r->who;
     store_audit_row_t row = {
         .team_id = w->team_id,
-        .actor_type = w->kind == CP_ACTOR_KEY ? "api_key" : w->kind == CP_ACTOR_USER ? "user" : "system",
-        .actor_id = w->kind == CP_ACTOR_KEY ? w->key_id : w->kind == CP_ACTOR_USER ? w->user_id : NULL,
+        .actor_type = w->kind == CP_ACTOR_KEY    ? "api_key"
+                      : w->kind == CP_ACTOR_USER ? "user"
+                                                 : "system",
+        .actor_id = w->kind == CP_ACTOR_KEY    ? w->key_id
+                    : w->kind == CP_ACTOR_USER ? w->user_id
+                                               : NULL,
         .actor_name = w->kind == CP_ACTOR_KEY ? w->key_name : w->name,
         .resource_type = resource_type,
         .resource_id = resource_id,

@@ -9,11 +9,11 @@
 
 #include "err.h"
 
-#define JWT_MAX_LEN 4096
+#define JWT_MAX_LEN    4096
 #define JWT_MIN_SECRET 32
 
 typedef struct jwt_claims {
-    char sub[64];     /* user id */
+    char sub[64]; /* user id */
     char team_id[64];
     char email[256];
     char name[256];

@@ -9,8 +9,8 @@
 #define RL_PROBE 8
 
 struct slot {
-    uint64_t h;      /* 0 = empty */
-    int64_t start;   /* window start, seconds */
+    uint64_t h;    /* 0 = empty */
+    int64_t start; /* window start, seconds */
     unsigned count;
 };
 
@@ -58,7 +58,8 @@ static struct slot *find(rl_t *r, uint64_t h, int64_t now, bool create)
         if (s->h == h)
             return s;
         bool free_slot = !s->h || now - s->start >= (int64_t)r->window;
-        if (!victim || (free_slot && victim->h) || (!free_slot && victim->h && s->start < victim->start))
+        if (!victim || (free_slot && victim->h) ||
+            (!free_slot && victim->h && s->start < victim->start))
             victim = s;
     }
     if (!create)

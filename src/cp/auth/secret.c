@@ -20,9 +20,9 @@ static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
 static void dummy_init(void)
 {
     /* Default cost, so a miss costs what a hit costs with default settings. */
-    if (crypto_pwhash_str_alg(dummy, "wrenn-dummy-password", 20,
-                              crypto_pwhash_OPSLIMIT_INTERACTIVE,
-                              crypto_pwhash_MEMLIMIT_INTERACTIVE, crypto_pwhash_ALG_ARGON2ID13) != 0)
+    if (crypto_pwhash_str_alg(dummy, "wrenn-dummy-password", 20, crypto_pwhash_OPSLIMIT_INTERACTIVE,
+                              crypto_pwhash_MEMLIMIT_INTERACTIVE,
+                              crypto_pwhash_ALG_ARGON2ID13) != 0)
         dummy[0] = '\0';
 }
 

@@ -7,9 +7,9 @@
 
 #include "err.h"
 
-#define SECRET_PW_MAX 1024   /* longest accepted password, bytes */
+#define SECRET_PW_MAX   1024 /* longest accepted password, bytes */
 #define SECRET_HASH_HEX 65   /* SHA-256 hex + NUL */
-#define SECRET_KEY_MAX 160   /* longest API key accepted on the wire */
+#define SECRET_KEY_MAX  160  /* longest API key accepted on the wire */
 
 /** Argon2id hash of pw into out (libsodium's encoded string, at most 128 bytes + NUL) with the
  * given cost; ops >= 1, mem_kib >= 8. Returns 0 or -ENOMEM (memory limit unobtainable). */

@@ -169,8 +169,8 @@ void db_release(db_conn_t *c)
     pthread_mutex_unlock(&db->lock);
 }
 
-int db_exec(db_conn_t *c, const char *sql, int n, const char *const *params, db_row_fn fn,
-            void *ud, err_t *e)
+int db_exec(db_conn_t *c, const char *sql, int n, const char *const *params, db_row_fn fn, void *ud,
+            err_t *e)
 {
     return c->db->ops->exec(c->h, sql, true, n, params, fn, ud, &c->broken, e);
 }

@@ -43,8 +43,8 @@ void db_release(db_conn_t *c);
  * are cached per connection by its address. Returns the number of rows returned (SELECT or
  * RETURNING) or changed (other DML), or a negative errno: -EEXIST unique violation, -ENOENT
  * foreign-key violation, -EINVAL bad input value, -EAGAIN busy/serialization, -EIO otherwise. */
-int db_exec(db_conn_t *c, const char *sql, int n, const char *const *params, db_row_fn fn,
-            void *ud, err_t *e);
+int db_exec(db_conn_t *c, const char *sql, int n, const char *const *params, db_row_fn fn, void *ud,
+            err_t *e);
 /** Like db_exec for SQL built at run time: nothing is cached. */
 int db_exec_dyn(db_conn_t *c, const char *sql, int n, const char *const *params, db_row_fn fn,
                 void *ud, err_t *e);

@@ -71,8 +71,9 @@ static int sq_connect(const char *target, void **h, err_t *e)
     sqlite3_busy_timeout(s->db, 5000);
     /* WAL lets readers run beside the one writer; NORMAL sync is durable at checkpoints and
      * never corrupts; foreign keys are off by default in SQLite and must be asked for. */
-    rc = sq_script(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
-                      "PRAGMA foreign_keys=ON;",
+    rc = sq_script(s,
+                   "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                   "PRAGMA foreign_keys=ON;",
                    NULL, e);
     if (rc < 0) {
         sq_disconnect(s);
@@ -95,8 +96,8 @@ static int sq_exec(void *h, const char *sql, bool cache, int n, const char *cons
     if (hit) {
         st = s->cache.stmt[slot];
     } else {
-        int rc = sqlite3_prepare_v3(s->db, sql, -1, slot >= 0 ? SQLITE_PREPARE_PERSISTENT : 0,
-                                    &st, NULL);
+        int rc = sqlite3_prepare_v3(s->db, sql, -1, slot >= 0 ? SQLITE_PREPARE_PERSISTENT : 0, &st,
+                                    NULL);
         if (rc != SQLITE_OK)
             return map_err(s->db, rc, "prepare", e);
         if (slot >= 0) {

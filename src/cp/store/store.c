@@ -114,8 +114,8 @@ static int new_slug(db_conn_t *c, char slug[14], err_t *e)
 
 /* Insert a team and its first membership inside the caller's transaction. */
 static int team_insert(db_conn_t *c, const char *user_id, const char *name, bool is_default,
-                       const char *role, char team_id[STORE_ID_MAX], char slug[14],
-                       const char *now, err_t *e)
+                       const char *role, char team_id[STORE_ID_MAX], char slug[14], const char *now,
+                       err_t *e)
 {
     cp_id_new("team_", team_id, STORE_ID_MAX);
     int rc = new_slug(c, slug, e);
@@ -176,8 +176,8 @@ static const char SQL_LOGIN_TEAM[] =
     "WHERE ut.user_id = ? AND t.deleted_at IS NULL "
     "ORDER BY ut.is_default DESC, ut.created_at ASC, ut.team_id ASC LIMIT 1";
 
-int store_login_team(db_conn_t *c, const char *user_id, char team_id[STORE_ID_MAX],
-                     char role[16], err_t *e)
+int store_login_team(db_conn_t *c, const char *user_id, char team_id[STORE_ID_MAX], char role[16],
+                     err_t *e)
 {
     db_row1_t r = {0};
     const char *p[] = {user_id};
@@ -273,8 +273,8 @@ static const char SQL_KEY_INSERT[] =
     "VALUES (?, ?, ?, ?, ?, ?, ?)";
 
 int store_key_create(db_conn_t *c, const char *id, const char *team_id, const char *name,
-                     const char *hash, const char *shown, const char *created_by,
-                     const char *now, err_t *e)
+                     const char *hash, const char *shown, const char *created_by, const char *now,
+                     err_t *e)
 {
     const char *p[] = {id, team_id, name, hash, shown, created_by, now};
     return db_exec(c, SQL_KEY_INSERT, 7, p, NULL, NULL, e);
@@ -304,15 +304,14 @@ int store_key_delete(db_conn_t *c, const char *team_id, const char *id, err_t *e
 
 /* ---- teams ---- */
 
-static const char *const TEAM_ROLE_SPEC[] = {"id",     "name",         "slug",
-                                             "b:is_byoc", "t:created_at", "role", NULL};
+static const char *const TEAM_ROLE_SPEC[] = {"id",           "name", "slug", "b:is_byoc",
+                                             "t:created_at", "role", NULL};
 
 static const char SQL_TEAM_WITH_ROLE[] =
     "SELECT t.id, t.name, t.slug, t.is_byoc, t.created_at, ut.role FROM teams t "
     "JOIN users_teams ut ON ut.team_id = t.id WHERE t.id = ? AND ut.user_id = ?";
 
-int store_team_create(db_conn_t *c, const char *user_id, const char *name, json_t **out,
-                      err_t *e)
+int store_team_create(db_conn_t *c, const char *user_id, const char *name, json_t **out, err_t *e)
 {
     char now[CP_TIME_LEN], team_id[STORE_ID_MAX], slug[14];
     now_str(now);
@@ -365,8 +364,7 @@ static const char SQL_MEMBERS[] =
     "SELECT ut.user_id, u.name, u.email, ut.role, ut.created_at FROM users_teams ut "
     "JOIN users u ON u.id = ut.user_id WHERE ut.team_id = ? "
     "ORDER BY ut.created_at ASC, ut.user_id ASC";
-static const char *const MEMBER_SPEC[] = {"user_id", "name", "email", "role", "t:joined_at",
-                                          NULL};
+static const char *const MEMBER_SPEC[] = {"user_id", "name", "email", "role", "t:joined_at", NULL};
 
 int store_members(db_conn_t *c, const char *team_id, json_t **out, err_t *e)
 {
@@ -449,8 +447,7 @@ int store_member_role(db_conn_t *c, const char *team_id, const char *user_id, ch
 
 static const char SQL_USER_ID_BY_EMAIL[] = "SELECT id, name, email FROM users WHERE email = ?";
 
-int store_member_add(db_conn_t *c, const char *team_id, const char *email, json_t **out,
-                     err_t *e)
+int store_member_add(db_conn_t *c, const char *team_id, const char *email, json_t **out, err_t *e)
 {
     char now[CP_TIME_LEN];
     now_str(now);
@@ -478,8 +475,8 @@ out:
 static const char SQL_MEMBER_SET_ROLE[] =
     "UPDATE users_teams SET role = ? WHERE team_id = ? AND user_id = ? AND role <> 'owner'";
 
-int store_member_set_role(db_conn_t *c, const char *team_id, const char *user_id,
-                          const char *role, err_t *e)
+int store_member_set_role(db_conn_t *c, const char *team_id, const char *user_id, const char *role,
+                          err_t *e)
 {
     const char *p[] = {role, team_id, user_id};
     int rc = db_exec(c, SQL_MEMBER_SET_ROLE, 3, p, NULL, NULL, e);
@@ -525,9 +522,9 @@ int store_user_search(db_conn_t *c, const char *prefix, json_t **out, err_t *e)
 /* ---- sandboxes ---- */
 
 static const char *const SANDBOX_SPEC[] = {
-    "id",          "status",      "template",     "i:vcpus",
-    "i:memory_mb", "i:timeout_sec", "?guest_ip",  "?host_ip",
-    "t:created_at", "?t:started_at", "?t:last_active_at", "t:last_updated", NULL};
+    "id",        "status",   "template",     "i:vcpus",       "i:memory_mb",       "i:timeout_sec",
+    "?guest_ip", "?host_ip", "t:created_at", "?t:started_at", "?t:last_active_at", "t:last_updated",
+    NULL};
 
 static const char SQL_SANDBOX_LIST[] =
     "SELECT id, status, template, vcpus, memory_mb, timeout_sec, guest_ip, host_ip, created_at, "
@@ -545,8 +542,7 @@ static const char SQL_SANDBOX_GET[] =
     "SELECT id, status, template, vcpus, memory_mb, timeout_sec, guest_ip, host_ip, created_at, "
     "started_at, last_active_at, last_updated FROM sandboxes WHERE team_id = ? AND id = ?";
 
-int store_sandbox_get(db_conn_t *c, const char *team_id, const char *id, json_t **out,
-                      err_t *e)
+int store_sandbox_get(db_conn_t *c, const char *team_id, const char *id, json_t **out, err_t *e)
 {
     const char *p[] = {team_id, id};
     json_t *arr = NULL;
@@ -595,10 +591,9 @@ static void add_in(buf_t *sql, const char *col, int n)
 
 int store_audit_list(db_conn_t *c, const store_audit_query_t *q, json_t **out, err_t *e)
 {
-    static const char *const spec[] = {"id",           "actor_type",  "?actor_id",
-                                       "?actor_name",  "resource_type", "?resource_id",
-                                       "action",       "scope",       "status",
-                                       "j:metadata",   "t:created_at", NULL};
+    static const char *const spec[] = {
+        "id",     "actor_type", "?actor_id", "?actor_name", "resource_type", "?resource_id",
+        "action", "scope",      "status",    "j:metadata",  "t:created_at",  NULL};
     /* The filter lists vary in length, so this one statement is built per request; only
      * placeholders are added, never values. */
     buf_t sql;

@@ -13,7 +13,7 @@
 #include "cp_util.h"
 #include "db.h"
 
-#define STORE_ID_MAX 64
+#define STORE_ID_MAX   64
 #define STORE_TEXT_MAX 256
 
 /* ---- users and sign-in ---- */
@@ -34,8 +34,8 @@ int store_signup(db_conn_t *c, const char *email, const char *pw_hash, const cha
 int store_user_by_email(db_conn_t *c, const char *email, store_user_t *u, err_t *e);
 /** The team a login lands in: the default membership of a live team, else the earliest joined
  * live team; -ENOENT when none. */
-int store_login_team(db_conn_t *c, const char *user_id, char team_id[STORE_ID_MAX],
-                     char role[16], err_t *e);
+int store_login_team(db_conn_t *c, const char *user_id, char team_id[STORE_ID_MAX], char role[16],
+                     err_t *e);
 
 /** What the per-request membership check learns (the user's role in a live team). */
 typedef struct store_member_ctx {
@@ -64,8 +64,8 @@ int store_key_auth(db_conn_t *c, const char *hash, store_key_auth_t *out, err_t 
 /** Record a use at now unless one was recorded less than interval ago. */
 int store_key_touch(db_conn_t *c, const char *id, int64_t now_us, int64_t interval_us, err_t *e);
 int store_key_create(db_conn_t *c, const char *id, const char *team_id, const char *name,
-                     const char *hash, const char *shown, const char *created_by,
-                     const char *now, err_t *e);
+                     const char *hash, const char *shown, const char *created_by, const char *now,
+                     err_t *e);
 /** The team's keys, newest first, with creator_email. */
 int store_key_list(db_conn_t *c, const char *team_id, json_t **out, err_t *e);
 /** Delete a key of the team; returns 1 when deleted, 0 when no such key in that team. */
@@ -75,8 +75,7 @@ int store_key_delete(db_conn_t *c, const char *team_id, const char *id, err_t *e
 
 /** One transaction: a team with a fresh slug and user_id as its owner. *out gets the team
  * object with role "owner". */
-int store_team_create(db_conn_t *c, const char *user_id, const char *name, json_t **out,
-                      err_t *e);
+int store_team_create(db_conn_t *c, const char *user_id, const char *name, json_t **out, err_t *e);
 /** Live teams of the user with the user's role, by join time. */
 int store_teams_of_user(db_conn_t *c, const char *user_id, json_t **out, err_t *e);
 /** A live team object; -ENOENT when missing or deleted. */
@@ -93,11 +92,10 @@ int store_member_role(db_conn_t *c, const char *team_id, const char *user_id, ch
                       err_t *e);
 /** Add the user with this email as a member; *out gets the member object. No such user →
  * -ENOENT; already a member → -EEXIST. */
-int store_member_add(db_conn_t *c, const char *team_id, const char *email, json_t **out,
-                     err_t *e);
+int store_member_add(db_conn_t *c, const char *team_id, const char *email, json_t **out, err_t *e);
 /** Set a non-owner member's role; 0 rows (owner or not a member) → -ENOENT. */
-int store_member_set_role(db_conn_t *c, const char *team_id, const char *user_id,
-                          const char *role, err_t *e);
+int store_member_set_role(db_conn_t *c, const char *team_id, const char *user_id, const char *role,
+                          err_t *e);
 /** Remove a non-owner member; 0 rows → -ENOENT. */
 int store_member_remove(db_conn_t *c, const char *team_id, const char *user_id, err_t *e);
 /** Up to 10 users whose email starts with prefix (LIKE metacharacters escaped), by email. */
@@ -107,14 +105,13 @@ int store_user_search(db_conn_t *c, const char *prefix, json_t **out, err_t *e);
 
 /** The team's sandboxes that are not stopped or errored, newest first. */
 int store_sandbox_list(db_conn_t *c, const char *team_id, json_t **out, err_t *e);
-int store_sandbox_get(db_conn_t *c, const char *team_id, const char *id, json_t **out,
-                      err_t *e);
+int store_sandbox_get(db_conn_t *c, const char *team_id, const char *id, json_t **out, err_t *e);
 
 /* ---- audit log ---- */
 
 typedef struct store_audit_row {
-    const char *team_id, *actor_type, *actor_id, *actor_name, *resource_type, *resource_id,
-        *action, *scope, *status;
+    const char *team_id, *actor_type, *actor_id, *actor_name, *resource_type, *resource_id, *action,
+        *scope, *status;
     const char *metadata; /* JSON object text */
 } store_audit_row_t;
 /** Insert one entry stamped now; its id is generated. */
@@ -122,9 +119,9 @@ int store_audit_insert(db_conn_t *c, const store_audit_row_t *r, err_t *e);
 
 typedef struct store_audit_query {
     const char *team_id;
-    bool admin_scope;        /* include scope 'admin' */
-    const char *before;      /* canonical time or NULL */
-    const char *before_id;   /* tie-breaker or NULL */
+    bool admin_scope;      /* include scope 'admin' */
+    const char *before;    /* canonical time or NULL */
+    const char *before_id; /* tie-breaker or NULL */
     const char *const *rtypes;
     int nrtypes;
     const char *const *actions;

@@ -191,8 +191,13 @@ int cph_start(cph_t *c, const char *const *extra)
     snprintf(port_file, sizeof port_file, "%s/port", c->dir);
     snprintf(log_file, sizeof log_file, "%s/cp.log", c->dir);
     snprintf(pf, sizeof pf, "--port-file=%s", port_file);
-    const char *pre[] = {"--port=0", "--addr=127.0.0.1", pf, "--argon2-ops=1",
-                         "--argon2-mem-kib=64", "--log-level=warn", NULL};
+    const char *pre[] = {"--port=0",
+                         "--addr=127.0.0.1",
+                         pf,
+                         "--argon2-ops=1",
+                         "--argon2-mem-kib=64",
+                         "--log-level=warn",
+                         NULL};
     char **argv = build_argv(c, pre, extra);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -304,8 +309,12 @@ long cph_req_raw(cph_t *c, const char *method, const char *path, const char *tok
         hdrs[nh++] = header;
     if (body)
         hdrs[nh++] = "Content-Type: application/json";
-    httpc_req_t rq = {.method = method, .url = url, .headers = hdrs, .body = body,
-                      .body_len = len, .timeout_ms = 30000};
+    httpc_req_t rq = {.method = method,
+                      .url = url,
+                      .headers = hdrs,
+                      .body = body,
+                      .body_len = len,
+                      .timeout_ms = 30000};
     httpc_resp_t rs;
     httpc_resp_init(&rs);
     err_t e = {0};
@@ -319,8 +328,8 @@ long cph_req_raw(cph_t *c, const char *method, const char *path, const char *tok
     return status;
 }
 
-long cph_req(cph_t *c, const char *method, const char *path, const char *token,
-             const char *apikey, const char *body, json_t **json)
+long cph_req(cph_t *c, const char *method, const char *path, const char *token, const char *apikey,
+             const char *body, json_t **json)
 {
     return cph_req_raw(c, method, path, apikey ? apikey : token, body, body ? strlen(body) : 0,
                        NULL, json);
@@ -330,8 +339,8 @@ json_t *cph_signup(cph_t *c, const char *email, const char *name, char **token)
 {
     char body[1024];
     if (name)
-        snprintf(body, sizeof body, "{\"email\":\"%s\",\"password\":\"password123\",\"name\":\"%s\"}",
-                 email, name);
+        snprintf(body, sizeof body,
+                 "{\"email\":\"%s\",\"password\":\"password123\",\"name\":\"%s\"}", email, name);
     else
         snprintf(body, sizeof body, "{\"email\":\"%s\",\"password\":\"password123\"}", email);
     json_t *j = NULL;
@@ -406,8 +415,8 @@ char *cph_sql1(cph_t *c, const char *sql, int n, const char *const *params)
     db_conn_t *conn = NULL;
     db_row1_t r = {0};
     char *out = NULL;
-    if (db_acquire(db, &conn, &e) >= 0 && db_exec_dyn(conn, sql, n, params, db_row1_fn, &r, &e) >= 0 &&
-        r.found && r.v[0])
+    if (db_acquire(db, &conn, &e) >= 0 &&
+        db_exec_dyn(conn, sql, n, params, db_row1_fn, &r, &e) >= 0 && r.found && r.v[0])
         out = xstrdup(r.v[0]);
     db_row1_fini(&r);
     db_release(conn);

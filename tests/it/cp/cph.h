@@ -16,8 +16,8 @@ typedef struct cph {
     pid_t pid;
     int port;
     char url[64];
-    char dir[256];     /* scratch dir: data dir, port file, log */
-    char db_url[512];  /* what wrenn-cp was given (postgres URL or SQLite path) */
+    char dir[256];    /* scratch dir: data dir, port file, log */
+    char db_url[512]; /* what wrenn-cp was given (postgres URL or SQLite path) */
     httpc_t *http;
 } cph_t;
 
@@ -39,8 +39,8 @@ int cph_run(cph_t *c, const char *const *args, char **out);
 
 /** One request. auth: "Bearer <tok>" / key, or NULL. body may be NULL. Returns the status;
  * *json (when non-NULL) gets the parsed body or NULL. */
-long cph_req(cph_t *c, const char *method, const char *path, const char *token,
-             const char *apikey, const char *body, json_t **json);
+long cph_req(cph_t *c, const char *method, const char *path, const char *token, const char *apikey,
+             const char *body, json_t **json);
 /** The same with a raw body of len bytes and an optional extra header. */
 long cph_req_raw(cph_t *c, const char *method, const char *path, const char *token,
                  const void *body, size_t len, const char *header, json_t **json);

@@ -212,10 +212,14 @@ static void test_hostile(void **state)
         const char *method, *path;
         bool auth;
     } routes[] = {
-        {"POST", "/v1/auth/signup", false}, {"POST", "/v1/auth/login", false},
-        {"POST", "/v1/auth/switch-team", true}, {"POST", "/v1/api-keys", true},
-        {"POST", "/v1/teams", true},         {"PATCH", team_path, true},
-        {"POST", members_path, true},        {"PATCH", role_path, true},
+        {"POST", "/v1/auth/signup", false},
+        {"POST", "/v1/auth/login", false},
+        {"POST", "/v1/auth/switch-team", true},
+        {"POST", "/v1/api-keys", true},
+        {"POST", "/v1/teams", true},
+        {"PATCH", team_path, true},
+        {"POST", members_path, true},
+        {"PATCH", role_path, true},
     };
     /* Deep nesting well under the body limit. */
     size_t depth = 30000;
@@ -238,11 +242,13 @@ static void test_hostile(void **state)
         "{\"email\":\"a@b.c\" \"password\":\"x\"}",
         deep,
         deepobj.data,
-        "{\"email\":\"q@q.io\",\"password\":\"password123\",\"name\":123456789012345678901234567890}",
+        "{\"email\":\"q@q.io\",\"password\":\"password123\",\"name\":"
+        "123456789012345678901234567890}",
         "{\"email\":\"q@q.io\",\"password\":\"password123\",\"name\":1e99999}",
         "{\"team_id\":99999999999999999999999999999999999,\"name\":-99999999999999999999999999}",
         "{\"email\":\"q\\u0000@q.io\",\"password\":\"password123\",\"name\":\"x\\u0000\"}",
-        "{\"email\":{\"$gt\":\"\"},\"password\":[\"password123\"],\"name\":{},\"role\":[],\"team_id\":{}}",
+        "{\"email\":{\"$gt\":\"\"},\"password\":[\"password123\"],\"name\":{},\"role\":[],\"team_"
+        "id\":{}}",
         "{\"email\":\"\\ud800@q.io\",\"password\":\"password123\",\"name\":\"\\udfff\"}",
     };
     for (size_t r = 0; r < sizeof routes / sizeof routes[0]; r++) {
@@ -262,9 +268,9 @@ static void test_hostile(void **state)
     /* Invalid UTF-8 in a body, a query and a path. */
     static const char bad_utf8[] = "{\"email\":\"\xff\xfe@x.io\",\"password\":\"password123\"}";
     json_t *j = NULL;
-    assert_int_equal(cph_req_raw(&c, "POST", "/v1/auth/signup", NULL, bad_utf8, strlen(bad_utf8),
-                                 NULL, &j),
-                     400);
+    assert_int_equal(
+        cph_req_raw(&c, "POST", "/v1/auth/signup", NULL, bad_utf8, strlen(bad_utf8), NULL, &j),
+        400);
     json_decref(j);
     static const char overlong[] = "{\"name\":\"\xc0\xaf\"}";
     assert_int_equal(
@@ -295,8 +301,12 @@ static void test_hostile(void **state)
     snprintf(auth, sizeof auth, "Authorization: Bearer %s", tok);
     const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
     struct chunked ch = {big};
-    httpc_req_t rq = {.method = "POST", .url = url, .headers = hdrs, .body_read = chunk_read,
-                      .ud = &ch, .timeout_ms = 60000};
+    httpc_req_t rq = {.method = "POST",
+                      .url = url,
+                      .headers = hdrs,
+                      .body_read = chunk_read,
+                      .ud = &ch,
+                      .timeout_ms = 60000};
     httpc_resp_t rs;
     httpc_resp_init(&rs);
     err_t e = {0};
@@ -320,11 +330,12 @@ static void test_hostile(void **state)
     assert_int_equal(cph_req(&c, "GET", "/v1/api-keys", tok, NULL, NULL, &l), 200);
     assert_string_equal(js(json_array_get(l, 0), "name"), evil);
     json_decref(l);
-    assert_int_equal(req(&c, "PATCH", team_path, tok, "{\"name\":\"O'Brien -- team\"}", &code), 204);
-    assert_int_equal(req(&c, "POST", "/v1/auth/login", NULL,
-                         "{\"email\":\"victim@example.com' OR '1'='1\",\"password\":\"x' OR '1'='1\"}",
-                         &code),
-                     401);
+    assert_int_equal(req(&c, "PATCH", team_path, tok, "{\"name\":\"O'Brien -- team\"}", &code),
+                     204);
+    assert_int_equal(
+        req(&c, "POST", "/v1/auth/login", NULL,
+            "{\"email\":\"victim@example.com' OR '1'='1\",\"password\":\"x' OR '1'='1\"}", &code),
+        401);
     assert_int_equal(req(&c, "GET", "/v1/sandboxes/x'%20OR%20'1'='1", tok, NULL, &code), 404);
     char *mid = state_of(&c);
     /* Only the two intended changes happened: one key (+ its audit entry), one rename (+ its

@@ -59,22 +59,25 @@ static void test_actions_recorded(void **state)
     const char *T = js(o, "team_id");
     char path[256], body[256];
     json_t *k = NULL;
-    assert_int_equal(cph_req(&c, "POST", "/v1/api-keys", to, NULL, "{\"name\":\"audit\"}", &k), 201);
+    assert_int_equal(cph_req(&c, "POST", "/v1/api-keys", to, NULL, "{\"name\":\"audit\"}", &k),
+                     201);
     snprintf(path, sizeof path, "/v1/api-keys/%s", js(k, "id"));
     assert_int_equal(cph_req(&c, "DELETE", path, to, NULL, NULL, NULL), 204);
     snprintf(path, sizeof path, "/v1/teams/%s", T);
     assert_int_equal(cph_req(&c, "PATCH", path, to, NULL, "{\"name\":\"New Name\"}", NULL), 204);
     snprintf(path, sizeof path, "/v1/teams/%s/members", T);
-    assert_int_equal(cph_req(&c, "POST", path, to, NULL, "{\"email\":\"mem@example.com\"}", NULL), 201);
-    assert_int_equal(cph_req(&c, "POST", path, to, NULL, "{\"email\":\"ex@example.com\"}", NULL), 201);
+    assert_int_equal(cph_req(&c, "POST", path, to, NULL, "{\"email\":\"mem@example.com\"}", NULL),
+                     201);
+    assert_int_equal(cph_req(&c, "POST", path, to, NULL, "{\"email\":\"ex@example.com\"}", NULL),
+                     201);
     snprintf(path, sizeof path, "/v1/teams/%s/members/%s", T, js(m, "user_id"));
     assert_int_equal(cph_req(&c, "PATCH", path, to, NULL, "{\"role\":\"admin\"}", NULL), 204);
     snprintf(path, sizeof path, "/v1/teams/%s/members/%s", T, js(x, "user_id"));
     assert_int_equal(cph_req(&c, "DELETE", path, to, NULL, NULL, NULL), 204);
     /* A failed action writes nothing. */
     snprintf(path, sizeof path, "/v1/teams/%s/members", T);
-    assert_int_equal(cph_req(&c, "POST", path, to, NULL, "{\"email\":\"nobody@example.com\"}", NULL),
-                     404);
+    assert_int_equal(
+        cph_req(&c, "POST", path, to, NULL, "{\"email\":\"nobody@example.com\"}", NULL), 404);
     /* m switches in and leaves. */
     snprintf(body, sizeof body, "{\"team_id\":\"%s\"}", T);
     json_t *sw = NULL;

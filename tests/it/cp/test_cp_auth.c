@@ -256,7 +256,8 @@ static void test_api_keys(void **state)
     json_t *u2 = cph_signup(&c, "jack@example.com", NULL, &tok2);
     json_t *k1 = NULL, *k2 = NULL;
     assert_int_equal(cph_req(&c, "POST", "/v1/api-keys", tok, NULL, "{\"name\":\"ci\"}", &k1), 201);
-    assert_int_equal(cph_req(&c, "POST", "/v1/api-keys", tok, NULL, "{\"name\":\"dev\"}", &k2), 201);
+    assert_int_equal(cph_req(&c, "POST", "/v1/api-keys", tok, NULL, "{\"name\":\"dev\"}", &k2),
+                     201);
     /* The default prefix is what the official e2b SDKs accept: e2b_ + 40 lowercase hex. */
     assert_true(matches("^e2b_[0-9a-f]{40}$", js(k1, "key")));
     assert_true(matches("^key_[0-9a-f]{32}$", js(k1, "id")));
@@ -267,7 +268,7 @@ static void test_api_keys(void **state)
     assert_int_equal(cph_req(&c, "GET", "/v1/api-keys", tok, NULL, NULL, &list), 200);
     assert_int_equal(json_array_size(list), 2);
     assert_string_equal(js(json_array_get(list, 0), "name"), "dev"); /* newest first */
-    assert_null(json_object_get(json_array_get(list, 0), "key"));     /* never shown again */
+    assert_null(json_object_get(json_array_get(list, 0), "key"));    /* never shown again */
     assert_null(json_object_get(json_array_get(list, 0), "last_used"));
     assert_string_equal(js(json_array_get(list, 0), "creator_email"), "ivy@example.com");
     json_decref(list);

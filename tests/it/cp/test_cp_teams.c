@@ -79,8 +79,8 @@ static void test_team_crud(void **state)
     user_t a;
     mkuser(&c, &a, "owner@example.com");
     json_t *t = NULL;
-    assert_int_equal(cph_req(&c, "POST", "/v1/teams", a.tok, NULL, "{\"name\":\" Research-1 \"}", &t),
-                     201);
+    assert_int_equal(
+        cph_req(&c, "POST", "/v1/teams", a.tok, NULL, "{\"name\":\" Research-1 \"}", &t), 201);
     assert_string_equal(js(t, "name"), "Research-1");
     assert_string_equal(js(t, "role"), "owner");
     char team[64];
@@ -114,16 +114,18 @@ static void test_team_crud(void **state)
 
     /* Soft delete: sandboxes stop, the token for that team dies, login falls back. */
     const char *p[] = {"sb_x", team, "2026-01-01T00:00:00.000000Z"};
-    assert_int_equal(cph_sql(&c,
-                             "INSERT INTO sandboxes (id, team_id, status, created_at, last_updated) "
-                             "VALUES (?, ?, 'running', ?, ?)",
-                             4, (const char *[]){p[0], p[1], p[2], p[2]}),
-                     1);
+    assert_int_equal(
+        cph_sql(&c,
+                "INSERT INTO sandboxes (id, team_id, status, created_at, last_updated) "
+                "VALUES (?, ?, 'running', ?, ?)",
+                4, (const char *[]){p[0], p[1], p[2], p[2]}),
+        1);
     expect(&c, "DELETE", path, a.tok, NULL, 204, NULL);
     char *st = cph_sql1(&c, "SELECT status FROM sandboxes WHERE id = 'sb_x'", 0, NULL);
     assert_string_equal(st, "stopped");
     free(st);
-    char *del = cph_sql1(&c, "SELECT deleted_at FROM teams WHERE id = ?", 1, (const char *[]){team});
+    char *del =
+        cph_sql1(&c, "SELECT deleted_at FROM teams WHERE id = ?", 1, (const char *[]){team});
     assert_non_null(del);
     free(del);
     expect(&c, "GET", path, a.tok, NULL, 401, "unauthorized");
@@ -200,8 +202,9 @@ static void test_members_and_roles(void **state)
     char leave[160];
     snprintf(leave, sizeof leave, "/v1/teams/%s/leave", T);
     expect(&c, "POST", leave, o.tok, NULL, 403, "forbidden");
-    char *owners = cph_sql1(&c, "SELECT COUNT(*) FROM users_teams WHERE team_id = ? AND role = 'owner'",
-                            1, (const char *[]){T});
+    char *owners =
+        cph_sql1(&c, "SELECT COUNT(*) FROM users_teams WHERE team_id = ? AND role = 'owner'", 1,
+                 (const char *[]){T});
     assert_string_equal(owners, "1");
     free(owners);
     /* Unknown targets. */
@@ -248,21 +251,23 @@ static void test_user_search(void **state)
     mkuser(&c, &b, "sam_x@alpha.io");
     mkuser(&c, &d, "samxx@beta.io");
     json_t *l = NULL;
-    assert_int_equal(cph_req(&c, "GET", "/v1/users/search?email=SAM@al", a.tok, NULL, NULL, &l), 200);
+    assert_int_equal(cph_req(&c, "GET", "/v1/users/search?email=SAM@al", a.tok, NULL, NULL, &l),
+                     200);
     assert_int_equal(json_array_size(l), 1);
     assert_string_equal(js(json_array_get(l, 0), "email"), "sam@alpha.io");
     json_decref(l);
     /* '_' and '%' are literal, not wildcards. */
-    assert_int_equal(cph_req(&c, "GET", "/v1/users/search?email=sam_x%40", a.tok, NULL, NULL, &l), 200);
+    assert_int_equal(cph_req(&c, "GET", "/v1/users/search?email=sam_x%40", a.tok, NULL, NULL, &l),
+                     200);
     assert_int_equal(json_array_size(l), 1);
     json_decref(l);
     assert_int_equal(cph_req(&c, "GET", "/v1/users/search?email=%25%40%25", a.tok, NULL, NULL, &l),
                      200);
     assert_int_equal(json_array_size(l), 0);
     json_decref(l);
-    assert_int_equal(cph_req(&c, "GET", "/v1/users/search?email=%27%40%27%20OR%201%3D1", a.tok, NULL,
-                             NULL, &l),
-                     200);
+    assert_int_equal(
+        cph_req(&c, "GET", "/v1/users/search?email=%27%40%27%20OR%201%3D1", a.tok, NULL, NULL, &l),
+        200);
     assert_int_equal(json_array_size(l), 0);
     json_decref(l);
     expect(&c, "GET", "/v1/users/search?email=sa", a.tok, NULL, 400, "invalid_request");
@@ -286,9 +291,11 @@ static void test_cross_team_matrix(void **state)
     mkuser(&c, &b, "b@example.com");
     add_member(&c, &a, a.team, &a2, 201);
     json_t *ka = NULL;
-    assert_int_equal(cph_req(&c, "POST", "/v1/api-keys", a.tok, NULL, "{\"name\":\"a\"}", &ka), 201);
+    assert_int_equal(cph_req(&c, "POST", "/v1/api-keys", a.tok, NULL, "{\"name\":\"a\"}", &ka),
+                     201);
     json_t *kb = NULL;
-    assert_int_equal(cph_req(&c, "POST", "/v1/api-keys", b.tok, NULL, "{\"name\":\"b\"}", &kb), 201);
+    assert_int_equal(cph_req(&c, "POST", "/v1/api-keys", b.tok, NULL, "{\"name\":\"b\"}", &kb),
+                     201);
     const char *ins = "INSERT INTO sandboxes (id, team_id, status, created_at, last_updated) "
                       "VALUES ('sb_a', ?, 'running', '2026-01-01T00:00:00.000000Z', "
                       "'2026-01-01T00:00:00.000000Z')";
@@ -347,8 +354,10 @@ static void test_cross_team_matrix(void **state)
     assert_int_equal(json_array_size(l), 0);
     json_decref(l);
     expect(&c, "GET", "/v1/sandboxes/sb_a", b.tok, NULL, 404, "not_found");
-    assert_int_equal(cph_req(&c, "GET", "/v1/sandboxes/sb_a", NULL, js(kb, "key"), NULL, NULL), 404);
-    assert_int_equal(cph_req(&c, "GET", "/v1/sandboxes/sb_a", NULL, js(ka, "key"), NULL, NULL), 200);
+    assert_int_equal(cph_req(&c, "GET", "/v1/sandboxes/sb_a", NULL, js(kb, "key"), NULL, NULL),
+                     404);
+    assert_int_equal(cph_req(&c, "GET", "/v1/sandboxes/sb_a", NULL, js(ka, "key"), NULL, NULL),
+                     200);
     /* Audit: B's log has nothing of A's. */
     assert_int_equal(cph_req(&c, "GET", "/v1/audit-logs", b.tok, NULL, NULL, &l), 200);
     json_t *items = json_object_get(l, "items");

@@ -68,8 +68,7 @@ static void test_jwt_alg_pinned(void **s)
     char *t = jwt_sign(KEY, 32, &c);
     const char *dot = strchr(t, '.');
     /* {"alg":"none"} and {"alg":"HS512"} headers over the same payload and signature. */
-    const char *hdrs[] = {"eyJhbGciOiJub25lIn0", "eyJhbGciOiJIUzUxMiJ9",
-                          "eyJ0eXAiOiJKV1QifQ"};
+    const char *hdrs[] = {"eyJhbGciOiJub25lIn0", "eyJhbGciOiJIUzUxMiJ9", "eyJ0eXAiOiJKV1QifQ"};
     for (size_t i = 0; i < 3; i++) {
         char *forged = malloc(strlen(t) + 64);
         sprintf(forged, "%s%s", hdrs[i], dot);
@@ -143,9 +142,15 @@ static void test_times(void **s)
     assert_string_equal(out, "2026-03-22T21:01:23.500000Z");
     assert_true(cp_time_norm("2026-03-22T21:01:23.123456789Z", out));
     assert_string_equal(out, "2026-03-22T21:01:23.123456Z");
-    const char *bad[] = {"",  "2026-03-22",           "2026-03-22T21:01:23",
-                         "2026-13-22T21:01:23Z", "2026-03-22T21:01:23.Z", "2026-03-22T21:01:23Zx",
-                         "yesterday", "2026-03-22T21:01:23.1234567890Z", "2026-03-22T21:01:23+5"};
+    const char *bad[] = {"",
+                         "2026-03-22",
+                         "2026-03-22T21:01:23",
+                         "2026-13-22T21:01:23Z",
+                         "2026-03-22T21:01:23.Z",
+                         "2026-03-22T21:01:23Zx",
+                         "yesterday",
+                         "2026-03-22T21:01:23.1234567890Z",
+                         "2026-03-22T21:01:23+5"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(cp_time_parse(bad[i], &us), -EINVAL);
     assert_false(cp_time_norm(NULL, out));
@@ -162,10 +167,10 @@ static void test_utf8(void **s)
     assert_true(cp_utf8_valid("plain"));
     assert_true(cp_utf8_valid("\xe2\x9c\x93 \xf0\x9f\x98\x80"));
     assert_false(cp_utf8_valid("\xff"));
-    assert_false(cp_utf8_valid("\xc0\xaf"));          /* overlong */
-    assert_false(cp_utf8_valid("\xed\xa0\x80"));      /* surrogate */
-    assert_false(cp_utf8_valid("\xf4\x90\x80\x80"));  /* > U+10FFFF */
-    assert_false(cp_utf8_valid("\xe2\x9c"));          /* truncated */
+    assert_false(cp_utf8_valid("\xc0\xaf"));         /* overlong */
+    assert_false(cp_utf8_valid("\xed\xa0\x80"));     /* surrogate */
+    assert_false(cp_utf8_valid("\xf4\x90\x80\x80")); /* > U+10FFFF */
+    assert_false(cp_utf8_valid("\xe2\x9c"));         /* truncated */
 }
 
 static void test_error_table(void **s)
