@@ -20,6 +20,45 @@
 
 extern char **environ;
 
+/* Instances still running, so the group teardown can clean up after a failed assertion
+ * (cmocka leaves the test function by longjmp, skipping its cph_stop()). */
+#define MAX_LIVE 32
+static struct {
+    pid_t pid;
+    char dir[256];
+} live[MAX_LIVE];
+
+static void live_add(const cph_t *c)
+{
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (!live[i].pid) {
+            live[i].pid = c->pid;
+            snprintf(live[i].dir, sizeof live[i].dir, "%s", c->dir);
+            return;
+        }
+}
+
+static void live_del(pid_t pid)
+{
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i].pid == pid)
+            live[i].pid = 0;
+}
+
+static void rmrf(const char *path);
+
+static void live_reap(void)
+{
+    for (int i = 0; i < MAX_LIVE; i++) {
+        if (!live[i].pid)
+            continue;
+        kill(live[i].pid, SIGKILL);
+        waitpid(live[i].pid, NULL, 0);
+        rmrf(live[i].dir);
+        live[i].pid = 0;
+    }
+}
+
 static char pg_dir[256];
 static char pg_url[512];
 static int db_counter;
@@ -114,6 +153,7 @@ int cph_suite_setup(void **state)
 int cph_suite_teardown(void **state)
 {
     (void)state;
+    live_reap();
     if (!pg_dir[0])
         return 0;
     const char *sh = getenv("WRENN_TEST_CP_PGSH");
@@ -174,23 +214,14 @@ static char **build_argv(cph_t *c, const char *const *pre, const char *const *ex
     return argv;
 }
 
-int cph_start(cph_t *c, const char *const *extra)
+/* Spawn wrenn-cp on c's dir and database and wait for its port. */
+static int spawn_cp(cph_t *c, const char *const *extra)
 {
-    memset(c, 0, sizeof *c);
-    char tmpl[] = "/tmp/wrenn-cp-test-XXXXXX";
-    if (!mkdtemp(tmpl))
-        return -errno;
-    snprintf(c->dir, sizeof c->dir, "%s", tmpl);
-    if (cph_is_pg()) {
-        if (fresh_pg_db(c->db_url, sizeof c->db_url) < 0)
-            return -EIO;
-    } else {
-        snprintf(c->db_url, sizeof c->db_url, "%s/wrenn.db", c->dir);
-    }
     char port_file[300], log_file[300], pf[320];
     snprintf(port_file, sizeof port_file, "%s/port", c->dir);
     snprintf(log_file, sizeof log_file, "%s/cp.log", c->dir);
     snprintf(pf, sizeof pf, "--port-file=%s", port_file);
+    unlink(port_file);
     const char *pre[] = {"--port=0",
                          "--addr=127.0.0.1",
                          pf,
@@ -210,6 +241,7 @@ int cph_start(cph_t *c, const char *const *extra)
     free(argv);
     if (rc != 0)
         return -rc;
+    live_add(c);
     for (int i = 0; i < 300; i++) {
         FILE *f = fopen(port_file, "re");
         if (f) {
@@ -240,6 +272,31 @@ int cph_start(cph_t *c, const char *const *extra)
     return -ETIMEDOUT;
 }
 
+int cph_start(cph_t *c, const char *const *extra)
+{
+    memset(c, 0, sizeof *c);
+    char tmpl[] = "/tmp/wrenn-cp-test-XXXXXX";
+    if (!mkdtemp(tmpl))
+        return -errno;
+    snprintf(c->dir, sizeof c->dir, "%s", tmpl);
+    if (cph_is_pg()) {
+        if (fresh_pg_db(c->db_url, sizeof c->db_url) < 0)
+            return -EIO;
+    } else {
+        snprintf(c->db_url, sizeof c->db_url, "%s/wrenn.db", c->dir);
+    }
+    return spawn_cp(c, extra);
+}
+
+int cph_restart(cph_t *c, const char *const *extra)
+{
+    if (c->pid > 0)
+        cph_halt(c);
+    httpc_free(c->http);
+    c->http = NULL;
+    return spawn_cp(c, extra);
+}
+
 bool cph_alive(cph_t *c)
 {
     if (c->pid <= 0)
@@ -248,10 +305,24 @@ bool cph_alive(cph_t *c)
     return waitpid(c->pid, &st, WNOHANG) == 0;
 }
 
+int cph_halt(cph_t *c)
+{
+    int st = 0;
+    if (c->pid <= 0)
+        return -1;
+    live_del(c->pid);
+    kill(c->pid, SIGTERM);
+    while (waitpid(c->pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    c->pid = 0;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
 int cph_stop(cph_t *c)
 {
     int status = -1;
     if (c->pid > 0) {
+        live_del(c->pid);
         kill(c->pid, SIGTERM);
         int st = 0;
         for (int i = 0; i < 250; i++) {

@@ -33,6 +33,10 @@ int cph_start(cph_t *c, const char *const *extra);
 /** SIGTERM, wait, remove the scratch dir; returns the exit status. */
 int cph_stop(cph_t *c);
 bool cph_alive(cph_t *c);
+/** Start the binary again on the same database and data dir (after cph_halt()). */
+int cph_restart(cph_t *c, const char *const *extra);
+/** Stop the process (SIGTERM, wait) but keep its database and data dir for cph_run(). */
+int cph_halt(cph_t *c);
 /** Run the binary once with args (e.g. "migrate", "status") against c's database and data dir;
  * returns the exit status; stdout goes to out (malloc'd) when out is non-NULL. */
 int cph_run(cph_t *c, const char *const *args, char **out);

@@ -384,10 +384,7 @@ static void test_migrate_and_secret(void **state)
     }
     char *tok = NULL;
     json_decref(cph_signup(&c, "ned@example.com", NULL, &tok));
-    /* Restart on the same database: the saved secret keeps old tokens valid. */
-    kill(c.pid, SIGTERM);
-    waitpid(c.pid, NULL, 0);
-    c.pid = 0;
+    assert_int_equal(cph_halt(&c), 0);
     char *out = NULL;
     const char *status[] = {"migrate", "status", NULL};
     assert_int_equal(cph_run(&c, status, &out), 0);
@@ -406,8 +403,20 @@ static void test_migrate_and_secret(void **state)
     free(out);
     const char *bad[] = {"migrate", "sideways", NULL};
     assert_int_equal(cph_run(&c, bad, NULL), 2);
+    /* migrate down dropped every table, so the old user and its token are gone. */
+    assert_int_equal(cph_restart(&c, NULL), 0);
+    json_t *j = NULL;
+    long st = cph_req(&c, "GET", "/v1/teams", tok, NULL, NULL, &j);
+    json_decref(j);
+    assert_int_equal(st, 401);
     free(tok);
-    cph_stop(&c);
+    json_decref(cph_signup(&c, "ned@example.com", NULL, &tok));
+    /* A restart keeps tokens valid: the secret saved in the data dir is reused. */
+    assert_int_equal(cph_halt(&c), 0);
+    assert_int_equal(cph_restart(&c, NULL), 0);
+    assert_int_equal(cph_req(&c, "GET", "/v1/teams", tok, NULL, NULL, NULL), 200);
+    free(tok);
+    assert_int_equal(cph_stop(&c), 0);
 }
 
 int main(void)
