@@ -71,7 +71,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(r == 0 || r == -EINVAL || r == -EMSGSIZE || r >= 5);
         if (left >= 5 && r != -EINVAL) {
             /* The header is always decoded when present. */
-            uint32_t want = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
+            uint32_t want =
+                (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
             FUZZ_CHECK(mlen == want && flags == p[0]);
         }
         if (r == -EINVAL) {

@@ -12,7 +12,7 @@
 #include <string.h>
 
 typedef struct rec {
-    buf_t log;      /* B<name>\0<filename>\0<type>\0 ... D<bytes> ... E */
+    buf_t log; /* B<name>\0<filename>\0<type>\0 ... D<bytes> ... E */
     bool in_part;
     bool last_data; /* consecutive data events are merged: only the bytes matter */
     int parts;
@@ -64,13 +64,13 @@ static const multipart_cb_t cbs = {on_begin, on_data, on_end};
 
 static bool same_log(const rec_t *a, const rec_t *b)
 {
-    return a->log.len == b->log.len && (a->log.len == 0 || memcmp(a->log.data, b->log.data,
-                                                                  a->log.len) == 0);
+    return a->log.len == b->log.len &&
+           (a->log.len == 0 || memcmp(a->log.data, b->log.data, a->log.len) == 0);
 }
 
 /* Parse body in pieces (max_piece 0: one piece). Returns the result; the events land in r. */
-static int run(const char *boundary, const char *body, size_t len, size_t max_piece,
-               uint32_t seed, rec_t *r)
+static int run(const char *boundary, const char *body, size_t len, size_t max_piece, uint32_t seed,
+               rec_t *r)
 {
     err_t e = {0};
     multipart_t *m = multipart_new(boundary, &cbs, r);

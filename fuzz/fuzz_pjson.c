@@ -9,9 +9,9 @@
 #include <string.h>
 
 static const char *const fields[] = {
-    "path", "depth", "process", "cmd", "args", "envs", "cwd", "pty", "size", "cols", "rows",
-    "tag", "stdin", "input", "pid", "signal", "watcherId", "recursive", "includeEntry",
-    "exitCode", "a", "v", "",
+    "path",      "depth",     "process",      "cmd",      "args",  "envs",  "cwd", "pty",
+    "size",      "cols",      "rows",         "tag",      "stdin", "input", "pid", "signal",
+    "watcherId", "recursive", "includeEntry", "exitCode", "a",     "v",     "",
 };
 
 static const char *const enum_names[] = {"SIGNAL_UNSPECIFIED", "SIGNAL_SIGTERM", "SIGNAL_SIGKILL"};

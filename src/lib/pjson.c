@@ -87,8 +87,7 @@ static int int_of(const json_t *v, const char *camel, int64_t *out, err_t *e)
     if (json_is_real(v)) {
         double d = json_real_value(v);
         /* Range first: converting an out-of-range double to int64_t is undefined behaviour. */
-        if (!(d < 9.2233720368547758e18 && d >= -9.2233720368547758e18) ||
-            d != (double)(int64_t)d)
+        if (!(d < 9.2233720368547758e18 && d >= -9.2233720368547758e18) || d != (double)(int64_t)d)
             return err_set(e, -EINVAL, "field %s must be an integer", camel);
         *out = (int64_t)d;
         return 0;

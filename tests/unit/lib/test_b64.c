@@ -104,17 +104,17 @@ static void test_roundtrip_all_bytes(void **state)
 static void test_garbage(void **state)
 {
     (void)state;
-    expect_bad("Z");          /* one character cannot hold a byte */
-    expect_bad("Zm9vY");      /* 4n+1 characters */
+    expect_bad("Z");     /* one character cannot hold a byte */
+    expect_bad("Zm9vY"); /* 4n+1 characters */
     expect_bad("Zm9v!");
-    expect_bad("Zm 9v");      /* whitespace is not base64 */
+    expect_bad("Zm 9v"); /* whitespace is not base64 */
     expect_bad("Zm9v\n");
-    expect_bad("Zg===");      /* too much padding */
+    expect_bad("Zg==="); /* too much padding */
     expect_bad("Z===");
     expect_bad("====");
-    expect_bad("Zg=a");       /* padding in the middle */
+    expect_bad("Zg=a"); /* padding in the middle */
     expect_bad("Zg==Zg==");
-    expect_bad("Zm8==");      /* padding that does not complete a quantum */
+    expect_bad("Zm8=="); /* padding that does not complete a quantum */
     expect_bad("Zg=");
     expect_bad("Zm9v\x80");
     expect_bad("Zm9.");
@@ -136,9 +136,9 @@ int main(void)
 {
     cmocka_set_message_output(CM_OUTPUT_TAP);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_encode_rfc),     cmocka_unit_test(test_decode_rfc),
-        cmocka_unit_test(test_url_safe),       cmocka_unit_test(test_roundtrip_all_bytes),
-        cmocka_unit_test(test_garbage),        cmocka_unit_test(test_decode_len_zero),
+        cmocka_unit_test(test_encode_rfc), cmocka_unit_test(test_decode_rfc),
+        cmocka_unit_test(test_url_safe),   cmocka_unit_test(test_roundtrip_all_bytes),
+        cmocka_unit_test(test_garbage),    cmocka_unit_test(test_decode_len_zero),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

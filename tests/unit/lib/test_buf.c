@@ -250,10 +250,10 @@ int main(void)
 {
     cmocka_set_message_output(CM_OUTPUT_TAP);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_empty),         cmocka_unit_test(test_add_and_grow),
-        cmocka_unit_test(test_binary),        cmocka_unit_test(test_reserve),
-        cmocka_unit_test(test_printf),        cmocka_unit_test(test_consume),
-        cmocka_unit_test(test_steal),         cmocka_unit_test(test_arena_basic),
+        cmocka_unit_test(test_empty),           cmocka_unit_test(test_add_and_grow),
+        cmocka_unit_test(test_binary),          cmocka_unit_test(test_reserve),
+        cmocka_unit_test(test_printf),          cmocka_unit_test(test_consume),
+        cmocka_unit_test(test_steal),           cmocka_unit_test(test_arena_basic),
         cmocka_unit_test(test_arena_alignment), cmocka_unit_test(test_arena_many),
         cmocka_unit_test(test_arena_big),
     };

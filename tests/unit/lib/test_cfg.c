@@ -70,15 +70,15 @@ static void test_defaults(void **state)
 static void test_flag_forms(void **state)
 {
     (void)state;
-    char *argv[] = {"prog", "--addr", "127.0.0.1", "--port=8080", "-verbose", "-level", "-5",
-                    "--run-dir=/x=y", NULL};
+    char *argv[] = {"prog",   "--addr", "127.0.0.1",      "--port=8080", "-verbose",
+                    "-level", "-5",     "--run-dir=/x=y", NULL};
     int pos = 0;
     err_t e = {0};
     assert_int_equal(parse(8, argv, &pos, &e), 0);
     assert_string_equal(addr, "127.0.0.1");
     assert_int_equal(port, 8080);
     assert_true(verbose);
-    assert_int_equal(level, -5); /* a value may start with a dash */
+    assert_int_equal(level, -5);          /* a value may start with a dash */
     assert_string_equal(run_dir, "/x=y"); /* only the first '=' splits */
     assert_int_equal(pos, 8);
 }

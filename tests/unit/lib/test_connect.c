@@ -62,8 +62,7 @@ static void test_parse_oversized(void **state)
     assert_int_equal(len, 11);
     /* The largest length the header can carry, against the real limit. */
     const uint8_t huge[] = {0, 0xff, 0xff, 0xff, 0xff};
-    assert_int_equal(connect_envelope_parse(huge, 5, CONNECT_MAX_MESSAGE, &flags, &len),
-                     -EMSGSIZE);
+    assert_int_equal(connect_envelope_parse(huge, 5, CONNECT_MAX_MESSAGE, &flags, &len), -EMSGSIZE);
     assert_int_equal(len, 0xffffffffu);
     const uint8_t limit[] = {0, 0x00, 0x40, 0x00, 0x00};
     assert_int_equal(connect_envelope_parse(limit, 5, CONNECT_MAX_MESSAGE, &flags, &len), 0);
@@ -210,10 +209,14 @@ int main(void)
 {
     cmocka_set_message_output(CM_OUTPUT_TAP);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_partial), cmocka_unit_test(test_parse_exact_and_trailing),
-        cmocka_unit_test(test_parse_oversized), cmocka_unit_test(test_parse_flags),
-        cmocka_unit_test(test_add),           cmocka_unit_test(test_end_stream),
-        cmocka_unit_test(test_error_json),    cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_parse_partial),
+        cmocka_unit_test(test_parse_exact_and_trailing),
+        cmocka_unit_test(test_parse_oversized),
+        cmocka_unit_test(test_parse_flags),
+        cmocka_unit_test(test_add),
+        cmocka_unit_test(test_end_stream),
+        cmocka_unit_test(test_error_json),
+        cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_now),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

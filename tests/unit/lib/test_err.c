@@ -167,11 +167,13 @@ static void test_from_connect(void **state)
     /* "ok" is not an error code a client can receive. */
     assert_int_equal(err_from_connect("ok"), -EIO);
     /* Round trip: every Connect code maps back to an errno with the same Connect code. */
-    static const char *codes[] = {"invalid_argument", "failed_precondition", "out_of_range",
-                                  "unauthenticated", "permission_denied", "not_found",
-                                  "already_exists", "aborted", "resource_exhausted", "canceled",
-                                  "unimplemented", "unavailable", "deadline_exceeded",
-                                  "internal"};
+    static const char *codes[] = {"invalid_argument",   "failed_precondition",
+                                  "out_of_range",       "unauthenticated",
+                                  "permission_denied",  "not_found",
+                                  "already_exists",     "aborted",
+                                  "resource_exhausted", "canceled",
+                                  "unimplemented",      "unavailable",
+                                  "deadline_exceeded",  "internal"};
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         assert_string_equal(err_status(err_from_connect(codes[i])).connect, codes[i]);
 }
@@ -180,10 +182,10 @@ int main(void)
 {
     cmocka_set_message_output(CM_OUTPUT_TAP);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_set_and_clear), cmocka_unit_test(test_set_truncates),
-        cmocka_unit_test(test_wrap),          cmocka_unit_test(test_wrap_unset),
+        cmocka_unit_test(test_set_and_clear),  cmocka_unit_test(test_set_truncates),
+        cmocka_unit_test(test_wrap),           cmocka_unit_test(test_wrap_unset),
         cmocka_unit_test(test_wrap_truncates), cmocka_unit_test(test_errno),
-        cmocka_unit_test(test_table),         cmocka_unit_test(test_public),
+        cmocka_unit_test(test_table),          cmocka_unit_test(test_public),
         cmocka_unit_test(test_from_connect),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -31,9 +31,9 @@
 
 static http_server_t *srv;
 static char base[64];
-static atomic_int cleanups;      /* route cleanup() calls */
-static atomic_int stream_frees;  /* http_respond_stream free_fn calls */
-static atomic_int source_frees;  /* connect_source_t free() calls */
+static atomic_int cleanups;       /* route cleanup() calls */
+static atomic_int stream_frees;   /* http_respond_stream free_fn calls */
+static atomic_int source_frees;   /* connect_source_t free() calls */
 static atomic_int handled_reject; /* handle() calls on the route that on_headers rejects */
 
 /* ---- routes ---------------------------------------------------------------------------- */
@@ -418,8 +418,8 @@ static long feed_read(void *ud, char *dst, size_t max)
 }
 
 /* POST a chunked body of total bytes, produced in pieces of at most chunk. */
-static long post_chunked(const char *path, const char *const *headers, size_t total,
-                         size_t chunk, uint32_t *sum, httpc_resp_t *out)
+static long post_chunked(const char *path, const char *const *headers, size_t total, size_t chunk,
+                         uint32_t *sum, httpc_resp_t *out)
 {
     char url[512];
     snprintf(url, sizeof url, "%s%s", base, path);
@@ -455,7 +455,8 @@ static size_t raw(const char *req, size_t req_len, char *out, size_t max)
 {
     int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(s >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)http_server_port(srv))};
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)http_server_port(srv))};
     inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
     assert_int_equal(connect(s, (struct sockaddr *)&sa, sizeof sa), 0);
     assert_int_equal(send(s, req, req_len, MSG_NOSIGNAL), (ssize_t)req_len);
@@ -520,8 +521,7 @@ static void test_buffered(void **state)
     char big[BUFFERED_MAX];
     memset(big, 'x', sizeof big);
     assert_int_equal(request("POST", "/buffered", NULL, big, sizeof big, &r), 200);
-    snprintf(want, sizeof want, "len=%d sum=%u nul=1", BUFFERED_MAX,
-             sum_bytes(0, big, sizeof big));
+    snprintf(want, sizeof want, "len=%d sum=%u nul=1", BUFFERED_MAX, sum_bytes(0, big, sizeof big));
     assert_string_equal(r.body.data, want);
     /* Default limit on a route without max_body: 1 MiB is fine. */
     char *mib = calloc(1, HTTP_DEFAULT_MAX_BODY + 1);
@@ -710,8 +710,8 @@ static void test_stream_client_gone(void **state)
     char url[256];
     snprintf(url, sizeof url, "%s/stream?forever=1", base);
     size_t got = 0;
-    httpc_req_t req = {.method = "GET", .url = url, .on_data = stop_after, .ud = &got,
-                       .timeout_ms = 20000};
+    httpc_req_t req = {
+        .method = "GET", .url = url, .on_data = stop_after, .ud = &got, .timeout_ms = 20000};
     httpc_resp_t r;
     httpc_resp_init(&r);
     httpc_t *c = httpc_new();
@@ -891,7 +891,8 @@ static void test_ambiguous_framing(void **state)
         "POST /buffered HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 3\r\n\r\n"
         "abcdeGET /peer HTTP/1.1\r\nHost: x\r\n\r\n",
         "POST /buffered HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /peer HTTP/1.1\r\nHost: x\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /peer HTTP/1.1\r\nHost: "
+        "x\r\n\r\n",
     };
     char ans[4096];
     for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
@@ -992,8 +993,8 @@ static void parse_frames(const httpc_resp_t *r, frames_t *f)
     while (off < r->body.len) {
         uint8_t flags;
         uint32_t len;
-        long n = connect_envelope_parse(r->body.data + off, r->body.len - off, 1u << 20, &flags,
-                                        &len);
+        long n =
+            connect_envelope_parse(r->body.data + off, r->body.len - off, 1u << 20, &flags, &len);
         if (n <= 0 || f->end) {
             f->bad = true;
             return;

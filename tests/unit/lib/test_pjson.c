@@ -58,7 +58,7 @@ static void test_names(void **state)
     assert_non_null(pjson_get(j, "exitStatus")); /* found by its snake_case name */
     assert_non_null(pjson_get(j, "plain"));
     assert_non_null(pjson_get(j, "aB"));
-    assert_null(pjson_get(j, "exit_code"));    /* callers always ask by the camelCase name */
+    assert_null(pjson_get(j, "exit_code")); /* callers always ask by the camelCase name */
     assert_null(pjson_get(j, "missing"));
     assert_null(pjson_get(NULL, "x"));
     json_decref(j);
@@ -189,12 +189,12 @@ static void test_i64(void **state)
     assert_true(i64_ok("{\"v\":\"9223372036854775807\"}") == INT64_MAX);
     assert_true(i64_ok("{\"v\":\"-9223372036854775808\"}") == INT64_MIN);
     assert_true(i64_ok("{\"v\":9223372036854775807}") == INT64_MAX);
-    assert_int_equal(i64_ok("{\"v\":1.0}"), 1);     /* an integral real is an integer */
+    assert_int_equal(i64_ok("{\"v\":1.0}"), 1); /* an integral real is an integer */
     assert_int_equal(i64_ok("{\"v\":1e3}"), 1000);
     assert_true(i64_ok("{\"v\":-9.223372036854775808e18}") == INT64_MIN);
-    i64_bad("{\"v\":\"9223372036854775808\"}");     /* out of range as a string */
+    i64_bad("{\"v\":\"9223372036854775808\"}"); /* out of range as a string */
     i64_bad("{\"v\":\"-9223372036854775809\"}");
-    i64_bad("{\"v\":9.3e18}");                      /* out of range as a real */
+    i64_bad("{\"v\":9.3e18}"); /* out of range as a real */
     i64_bad("{\"v\":9.223372036854775808e18}");
     i64_bad("{\"v\":-1e30}");
     i64_bad("{\"v\":1e300}");
@@ -378,9 +378,9 @@ static void test_quote_invalid_utf8(void **state)
     } cases[] = {
         {"\xff", "\xef\xbf\xbd"},
         {"a\x80z", "a\xef\xbf\xbdz"},
-        {"\xc3", "\xef\xbf\xbd"},                      /* truncated two-byte sequence */
+        {"\xc3", "\xef\xbf\xbd"}, /* truncated two-byte sequence */
         {"\xc3(", "\xef\xbf\xbd("},
-        {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},      /* overlong '/' */
+        {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},                 /* overlong '/' */
         {"\xe0\x80\xaf", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* overlong */
         {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* UTF-16 surrogate */
         {"\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* > U+10FFFF */
@@ -453,12 +453,18 @@ int main(void)
 {
     cmocka_set_message_output(CM_OUTPUT_TAP);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse),       cmocka_unit_test(test_names),
-        cmocka_unit_test(test_null_is_absent), cmocka_unit_test(test_wrong_types),
-        cmocka_unit_test(test_i64),         cmocka_unit_test(test_u32),
-        cmocka_unit_test(test_obj),         cmocka_unit_test(test_bytes),
-        cmocka_unit_test(test_enum),        cmocka_unit_test(test_quote),
-        cmocka_unit_test(test_quote_invalid_utf8), cmocka_unit_test(test_writers),
+        cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_null_is_absent),
+        cmocka_unit_test(test_wrong_types),
+        cmocka_unit_test(test_i64),
+        cmocka_unit_test(test_u32),
+        cmocka_unit_test(test_obj),
+        cmocka_unit_test(test_bytes),
+        cmocka_unit_test(test_enum),
+        cmocka_unit_test(test_quote),
+        cmocka_unit_test(test_quote_invalid_utf8),
+        cmocka_unit_test(test_writers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
