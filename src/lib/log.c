@@ -58,6 +58,11 @@ void log_kv(enum log_level lvl, const char *msg, const char *fmt, ...)
         return;
     if ((size_t)n > sizeof line - 2)
         n = (int)sizeof line - 2;
+    /* One event, one line: control characters in values (a client's percent-decoded path, say)
+     * must not end the line early or forge another one. */
+    for (int i = 0; i < n; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = '?';
     line[n++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, (size_t)n);
     (void)w;
