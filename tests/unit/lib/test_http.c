@@ -1166,6 +1166,34 @@ static void test_connect_deadline_keepalive(void **state)
     httpc_resp_fini(&r);
 }
 
+static void test_connect_stream_client_gone(void **state)
+{
+    (void)state;
+    /* An idle stream with no deadline: the client gives up after 300 ms and closes. The
+     * source must be freed soon after (a process stream would otherwise leak its fds). */
+    int before = atomic_load(&source_frees);
+    buf_t b;
+    buf_init(&b);
+    connect_envelope_add(&b, 0, "{\"n\":-1}", 8);
+    char url[256];
+    snprintf(url, sizeof url, "%s/test.Svc/Count", base);
+    httpc_req_t req = {.method = "POST",
+                       .url = url,
+                       .headers = stream_h,
+                       .body = b.data,
+                       .body_len = b.len,
+                       .timeout_ms = 300};
+    httpc_resp_t r;
+    httpc_resp_init(&r);
+    httpc_t *c = httpc_new();
+    err_t e = {0};
+    assert_int_equal(httpc_do(c, &req, &r, &e), -ETIMEDOUT);
+    httpc_free(c);
+    assert_true(wait_for(&source_frees, before + 1));
+    httpc_resp_fini(&r);
+    buf_fini(&b);
+}
+
 int main(void)
 {
     cmocka_set_message_output(CM_OUTPUT_TAP);
@@ -1194,6 +1222,7 @@ int main(void)
         cmocka_unit_test(test_connect_stream),
         cmocka_unit_test(test_connect_stream_bad_envelopes),
         cmocka_unit_test(test_connect_deadline_keepalive),
+        cmocka_unit_test(test_connect_stream_client_gone),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
