@@ -20,14 +20,14 @@
 #define DELIM_MAX (4 + MULTIPART_MAX_BOUNDARY)
 
 enum mp_state {
-    MP_PREAMBLE,  /* before the first delimiter: bytes are dropped */
-    MP_AFTER,     /* just after a delimiter: "--", transport padding or CRLF */
-    MP_PADDING,   /* in linear white space after a delimiter */
-    MP_DASH,      /* saw the first '-' of a closing "--" */
-    MP_LF,        /* saw the CR ending a delimiter line */
-    MP_HEADERS,   /* in a part's header block */
-    MP_BODY,      /* in a part's body */
-    MP_END,       /* after the closing delimiter: the epilogue is dropped */
+    MP_PREAMBLE, /* before the first delimiter: bytes are dropped */
+    MP_AFTER,    /* just after a delimiter: "--", transport padding or CRLF */
+    MP_PADDING,  /* in linear white space after a delimiter */
+    MP_DASH,     /* saw the first '-' of a closing "--" */
+    MP_LF,       /* saw the CR ending a delimiter line */
+    MP_HEADERS,  /* in a part's header block */
+    MP_BODY,     /* in a part's body */
+    MP_END,      /* after the closing delimiter: the epilogue is dropped */
 };
 
 struct multipart {
@@ -38,9 +38,9 @@ struct multipart {
     char hold[DELIM_MAX]; /* bytes that may start a delimiter, decided by the next piece */
     size_t hold_len;
     enum mp_state state;
-    buf_t hdr;            /* the current part's header block */
-    size_t line_start;    /* offset in hdr of the line being read */
-    int err;              /* first error, replayed by every later call */
+    buf_t hdr;         /* the current part's header block */
+    size_t line_start; /* offset in hdr of the line being read */
+    int err;           /* first error, replayed by every later call */
     char err_msg[ERR_MSG_MAX];
 };
 
@@ -195,8 +195,9 @@ int multipart_boundary(const char *content_type, char *out, size_t n, err_t *e)
     }
     size_t bl = strlen(boundary);
     if (bl > MULTIPART_MAX_BOUNDARY || boundary[bl - 1] == ' ') {
-        rc = err_set(e, -EINVAL, "multipart boundary longer than %d characters or ending in a space",
-                     MULTIPART_MAX_BOUNDARY);
+        rc =
+            err_set(e, -EINVAL, "multipart boundary longer than %d characters or ending in a space",
+                    MULTIPART_MAX_BOUNDARY);
         goto out;
     }
     for (size_t i = 0; i < bl; i++)

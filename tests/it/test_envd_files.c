@@ -168,8 +168,7 @@ static const char *const mp_headers[] = {
     "Content-Type: multipart/form-data; boundary=TestBoundary42", NULL};
 
 /* POST /files?<query> with the given parts. */
-static void upload(th_envd_t *e, const char *query, const part_t *parts, size_t n,
-                   httpc_resp_t *r)
+static void upload(th_envd_t *e, const char *query, const part_t *parts, size_t n, httpc_resp_t *r)
 {
     buf_t body;
     buf_init(&body);
@@ -249,16 +248,14 @@ static double now_s(void)
  * implementation. ---- */
 
 static const uint32_t K256[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-    0xc67178f2};
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 
 #define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 
@@ -275,8 +272,8 @@ static void sha256_block(uint32_t h[8], const unsigned char *p)
     }
     uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
     for (int i = 0; i < 64; i++) {
-        uint32_t t1 = hh + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] +
-                      w[i];
+        uint32_t t1 =
+            hh + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
         uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
         hh = g;
         g = f;
@@ -409,10 +406,8 @@ static void test_upload_many_parts(void **state)
     size_t n2 = 300000;
     char *big = random_bytes(n2);
     part_t parts[] = {
-        {"file", t1, "first", 5},
-        {"note", NULL, "not a file, skipped", 19},
-        {"file", t2, big, n2},
-        {"other", "/should/not/be/written", "x", 1},
+        {"file", t1, "first", 5}, {"note", NULL, "not a file, skipped", 19},
+        {"file", t2, big, n2},    {"other", "/should/not/be/written", "x", 1},
         {"file", t3, "", 0},
     };
     httpc_resp_t r;
@@ -805,6 +800,15 @@ static void test_download_errors(void **state)
     char v[256];
     assert_true(httpc_resp_header(&r, "Content-Disposition", v, sizeof v));
     assert_string_equal(v, "inline; filename=\"we\\\"ird \\\\name.txt\"");
+    /* A non-ASCII name: an ASCII fallback plus the exact bytes in filename*. */
+    char *utf = pathf("dl/caf\xc3\xa9 menu.txt");
+    write_file(utf, "u", 1, 0644);
+    download(&envd, utf, NULL, NULL, &r);
+    assert_status(&r, 200);
+    assert_true(httpc_resp_header(&r, "Content-Disposition", v, sizeof v));
+    assert_string_equal(
+        v, "inline; filename=\"caf__ menu.txt\"; filename*=UTF-8''caf%C3%A9%20menu.txt");
+    free(utf);
     httpc_resp_fini(&r);
     free(odd);
     free(fifo);
@@ -897,7 +901,8 @@ static void test_truncated_multipart(void **state)
     for (int i = 0; i < 40000; i++)
         buf_addc(&hostile, 'a');
     buf_adds(&hostile, "\r\n\r\nx\r\n--TestBoundary42--\r\n");
-    assert_int_equal(th_http(&envd, "POST", "/files", mp_headers, hostile.data, hostile.len, &r), 0);
+    assert_int_equal(th_http(&envd, "POST", "/files", mp_headers, hostile.data, hostile.len, &r),
+                     0);
     assert_status(&r, 400);
     buf_fini(&hostile);
     assert_int_equal(count_tmp("trunc"), 0);
@@ -927,16 +932,18 @@ static void test_client_disconnect(void **state)
         char head[4096];
         int hl;
         if (pass == 0)
-            hl = snprintf(head, sizeof head,
-                          "POST /files?path=%s HTTP/1.1\r\nHost: x\r\n"
-                          "Content-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n",
-                          q);
+            hl = snprintf(
+                head, sizeof head,
+                "POST /files?path=%s HTTP/1.1\r\nHost: x\r\n"
+                "Content-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n",
+                q);
         else
-            hl = snprintf(head, sizeof head,
-                          "POST /files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-                          "boundary=B\r\nContent-Length: 10000000\r\n\r\n--B\r\nContent-Disposition: "
-                          "form-data; name=file; filename=\"%s\"\r\n\r\n",
-                          t);
+            hl = snprintf(
+                head, sizeof head,
+                "POST /files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                "boundary=B\r\nContent-Length: 10000000\r\n\r\n--B\r\nContent-Disposition: "
+                "form-data; name=file; filename=\"%s\"\r\n\r\n",
+                t);
         free(q);
         assert_int_equal(write(s, head, (size_t)hl), hl);
         char chunk[65536];

@@ -45,16 +45,16 @@ struct target {
 struct upload {
     envd_t *d;
     envd_user_t user;
-    char *query_path;   /* resolved `path` argument, or NULL */
-    bool raw;           /* application/octet-stream */
+    char *query_path; /* resolved `path` argument, or NULL */
+    bool raw;         /* application/octet-stream */
     multipart_t *mp;
     gz_inflate_t *gz;
-    bool skip;          /* the current part is not a file part */
-    struct target cur;  /* cur.fd >= 0 while a file is open */
-    char **seen;        /* targets of this request, to refuse one written twice */
+    bool skip;         /* the current part is not a file part */
+    struct target cur; /* cur.fd >= 0 while a file is open */
+    char **seen;       /* targets of this request, to refuse one written twice */
     size_t nseen;
     size_t nwritten;
-    buf_t out;          /* the response: a JSON array of entries */
+    buf_t out; /* the response: a JSON array of entries */
 };
 
 static void target_reset(struct target *t)
@@ -184,9 +184,9 @@ static int target_prepare(struct target *t, err_t *e)
             }
         }
     } else if (errno != ENOENT) {
-        return errno == ENOTDIR ? err_set(e, -ENOTDIR, "a parent of '%s' is not a directory",
-                                          t->path)
-                                : files__errno(errno, "stat", t->path, e);
+        return errno == ENOTDIR
+                   ? err_set(e, -ENOTDIR, "a parent of '%s' is not a directory", t->path)
+                   : files__errno(errno, "stat", t->path, e);
     }
     if (!t->dest)
         t->dest = xstrdup(t->path);
@@ -299,8 +299,8 @@ static int target_commit(struct upload *up, err_t *e)
     const char *base = files__base(t->path);
     pjson_quote(&up->out, base, strlen(base));
     buf_adds(&up->out, ",\"type\":\"file\"}");
-    log_debug("files.upload", "path=\"%s\" user=%s bytes=%llu in_place=%d", t->path,
-              up->user.name, (unsigned long long)t->bytes, (int)!t->tmp);
+    log_debug("files.upload", "path=\"%s\" user=%s bytes=%llu in_place=%d", t->path, up->user.name,
+              (unsigned long long)t->bytes, (int)!t->tmp);
     target_reset(t);
     return 0;
 fail:
@@ -361,8 +361,8 @@ static bool media_is(const char *h, const char *type)
         return false;
     h += strspn(h, " \t");
     size_t n = strlen(type);
-    return strncasecmp(h, type, n) == 0 && (h[n] == '\0' || h[n] == ';' || h[n] == ' ' ||
-                                            h[n] == '\t');
+    return strncasecmp(h, type, n) == 0 &&
+           (h[n] == '\0' || h[n] == ';' || h[n] == ' ' || h[n] == '\t');
 }
 
 int files__upload_headers(http_req_t *r, void *ud, err_t *e)
@@ -383,8 +383,8 @@ int files__upload_headers(http_req_t *r, void *ud, err_t *e)
         if (media_is(ce, "gzip") || media_is(ce, "x-gzip"))
             up->gz = gz_inflate_new(body_sink, up);
         else if (!media_is(ce, "identity"))
-            return err_set(e, -EINVAL, "unsupported Content-Encoding '%.64s': only gzip is accepted",
-                           ce);
+            return err_set(e, -EINVAL,
+                           "unsupported Content-Encoding '%.64s': only gzip is accepted", ce);
     }
 
     const char *ct = http_req_header(r, "Content-Type");

@@ -109,29 +109,31 @@ static int parse(struct coll *c, const char *boundary, const char *body, size_t 
     return rc;
 }
 
-static const char simple[] = "--XyZ\r\n"
-                             "Content-Disposition: form-data; name=\"file\"; filename=\"a/b.txt\"\r\n"
-                             "\r\n"
-                             "hello\r\n"
-                             "--XyZ\r\n"
-                             "Content-Disposition: form-data; name=\"other\"\r\n"
-                             "\r\n"
-                             "\r\n--XyZnot-a-boundary\r\n"
-                             "--XyZ--\r\n";
+static const char simple[] =
+    "--XyZ\r\n"
+    "Content-Disposition: form-data; name=\"file\"; filename=\"a/b.txt\"\r\n"
+    "\r\n"
+    "hello\r\n"
+    "--XyZ\r\n"
+    "Content-Disposition: form-data; name=\"other\"\r\n"
+    "\r\n"
+    "\r\n--XyZnot-a-boundary\r\n"
+    "--XyZ--\r\n";
 
-static const char two_parts[] = "preamble text\r\n"
-                                "--XyZ\r\n"
-                                "Content-Disposition: form-data; name=\"file\"; filename=\"a/b.txt\"\r\n"
-                                "Content-Type: text/plain\r\n"
-                                "\r\n"
-                                "hello\r\n-\r\n--\r\n--X\r\n--XyY\r\nworld\r\r\n"
-                                "--XyZ  \t\r\n"
-                                "content-disposition: form-data;\r\n"
-                                "  name=other\r\n"
-                                "\r\n"
-                                "\r\n"
-                                "--XyZ--\r\n"
-                                "epilogue --XyZ garbage";
+static const char two_parts[] =
+    "preamble text\r\n"
+    "--XyZ\r\n"
+    "Content-Disposition: form-data; name=\"file\"; filename=\"a/b.txt\"\r\n"
+    "Content-Type: text/plain\r\n"
+    "\r\n"
+    "hello\r\n-\r\n--\r\n--X\r\n--XyY\r\nworld\r\r\n"
+    "--XyZ  \t\r\n"
+    "content-disposition: form-data;\r\n"
+    "  name=other\r\n"
+    "\r\n"
+    "\r\n"
+    "--XyZ--\r\n"
+    "epilogue --XyZ garbage";
 
 static void test_two_parts_every_split(void **state)
 {
@@ -351,12 +353,14 @@ static void test_boundary_header(void **state)
     err_t e = {0};
     assert_int_equal(multipart_boundary("multipart/form-data; boundary=abc", b, sizeof b, &e), 0);
     assert_string_equal(b, "abc");
-    assert_int_equal(
-        multipart_boundary("Multipart/Form-Data;charset=utf-8;  BOUNDARY=\"a b:c\"", b, sizeof b,
-                           &e),
-        0);
+    assert_int_equal(multipart_boundary("Multipart/Form-Data;charset=utf-8;  BOUNDARY=\"a b:c\"", b,
+                                        sizeof b, &e),
+                     0);
     assert_string_equal(b, "a b:c");
-    assert_int_equal(multipart_boundary("multipart/form-data ; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW", b, sizeof b, &e), 0);
+    assert_int_equal(
+        multipart_boundary("multipart/form-data ; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW",
+                           b, sizeof b, &e),
+        0);
     assert_string_equal(b, "----WebKitFormBoundary7MA4YWxkTrZu0gW");
 
     assert_int_equal(multipart_boundary(NULL, b, sizeof b, &e), -EINVAL);
@@ -373,8 +377,8 @@ static void test_boundary_header(void **state)
                      -EINVAL);
     assert_int_equal(multipart_boundary("multipart/form-data; boundary=\"ab \"", b, sizeof b, &e),
                      -EINVAL);
-    assert_int_equal(
-        multipart_boundary("multipart/form-data; boundary=\"a\x01\"", b, sizeof b, &e), -EINVAL);
+    assert_int_equal(multipart_boundary("multipart/form-data; boundary=\"a\x01\"", b, sizeof b, &e),
+                     -EINVAL);
     char lng[200];
     snprintf(lng, sizeof lng, "multipart/form-data; boundary=%071d", 0);
     assert_int_equal(multipart_boundary(lng, b, sizeof b, &e), -EINVAL);
@@ -382,8 +386,7 @@ static void test_boundary_header(void **state)
     assert_int_equal(multipart_boundary(lng, b, sizeof b, &e), 0);
     assert_int_equal(strlen(b), 70);
     /* Too small an output buffer. */
-    assert_int_equal(multipart_boundary("multipart/form-data; boundary=abcdef", b, 4, &e),
-                     -EINVAL);
+    assert_int_equal(multipart_boundary("multipart/form-data; boundary=abcdef", b, 4, &e), -EINVAL);
     /* multipart_new refuses what multipart_boundary would. */
     assert_null(multipart_new("", &cbs, NULL));
     char l71[72];
