@@ -93,6 +93,9 @@ extern const size_t fs_nmethods;
  * arrays; ud is the envd_t. */
 size_t rest_routes(envd_t *d, http_route_t *out, size_t max);
 size_t files_routes(envd_t *d, http_route_t *out, size_t max);
+/** Routes of process.Process that the Connect layer cannot express (the client-streaming
+ * StreamInput), in the same form; ud is the envd_t. */
+size_t proc_routes(envd_t *d, http_route_t *out, size_t max);
 
 /** Process table and watcher table life cycle (proc/, fs/). */
 int proc_table_new(envd_t *d, struct proc_table **out, err_t *e);

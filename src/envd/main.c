@@ -124,6 +124,7 @@ int main(int argc, char **argv)
     size_t n = 0;
     n += rest_routes(&d, routes + n, MAX_ROUTES - n);
     n += files_routes(&d, routes + n, MAX_ROUTES - n);
+    n += proc_routes(&d, routes + n, MAX_ROUTES - n);
     for (size_t i = 0; i < proc_nmethods && n < MAX_ROUTES; i++, n++)
         connect_route(&routes[n], &bindings[n], &proc_methods[i], envd_check_token, &d);
     for (size_t i = 0; i < fs_nmethods && n < MAX_ROUTES; i++, n++)

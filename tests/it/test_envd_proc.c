@@ -1087,6 +1087,188 @@ static void test_bad_requests(void **state)
     assert_true(th_envd_alive(&E));
 }
 
+/* ---- StreamInput (client stream) ---- */
+
+static void add_env(buf_t *b, const char *json)
+{
+    connect_envelope_add(b, 0, json, strlen(json));
+}
+
+/* Split a stream answer: the number of messages, and the end-of-stream JSON (new ref). */
+static json_t *stream_answer(const buf_t *body, int *nmsgs)
+{
+    size_t off = 0;
+    *nmsgs = 0;
+    while (off < body->len) {
+        uint8_t flags;
+        uint32_t mlen;
+        long n = connect_envelope_parse(body->data + off, body->len - off, 1u << 20, &flags, &mlen);
+        assert_true(n > 0);
+        if (flags & CONNECT_FLAG_END_STREAM) {
+            json_error_t je;
+            return json_loadb(body->data + off + 5, mlen, 0, &je);
+        }
+        assert_int_equal(mlen, 2); /* {} */
+        (*nmsgs)++;
+        off += (size_t)n;
+    }
+    return NULL;
+}
+
+static const char *const sin_headers[] = {"Content-Type: application/connect+json",
+                                          "Connect-Protocol-Version: 1", NULL};
+
+/* Post body to StreamInput; returns the end-of-stream JSON (new ref). */
+static json_t *stream_input(const buf_t *body, int *nmsgs)
+{
+    httpc_resp_t r;
+    httpc_resp_init(&r);
+    assert_int_equal(th_http(&E, "POST", "/process.Process/StreamInput", sin_headers, body->data,
+                             body->len, &r),
+                     0);
+    assert_int_equal(r.status, 200);
+    json_t *end = stream_answer(&r.body, nmsgs);
+    httpc_resp_fini(&r);
+    assert_non_null(end);
+    return end;
+}
+
+static void test_stream_input(void **state)
+{
+    (void)state;
+    bg_t b;
+    bg_start(&b, START, js("{s:{s:s},s:b}", "process", "cmd", "cat", "stdin", 1), NULL);
+    int pid = bg_pid(&b);
+    char sel[96];
+    snprintf(sel, sizeof sel, "{\"start\":{\"process\":{\"pid\":%d}}}", pid);
+    buf_t body;
+    buf_init(&body);
+    add_env(&body, sel);
+    add_env(&body, "{\"data\":{\"input\":{\"stdin\":\"YWJj\"}}}"); /* abc */
+    add_env(&body, "{\"keepalive\":{}}");
+    add_env(&body, "{\"data\":{\"input\":{\"stdin\":\"ZGVmCg==\"}}}"); /* def\n */
+    int n = 0;
+    json_t *end = stream_input(&body, &n);
+    assert_int_equal(n, 1);
+    assert_int_equal(json_object_size(end), 0);
+    json_decref(end);
+    buf_fini(&body);
+    expect_take("CloseStdin", js("{s:{s:i}}", "process", "pid", pid), 200, NULL);
+    bg_join(&b);
+    assert_output(&b.s, "stdout", "abcdef\n");
+    bg_fini(&b);
+}
+
+struct sin_feed {
+    bg_t *b;
+    int step;
+    char sel[96];
+    bool saw_first; /* line1 reached the process while the request was still open */
+};
+
+/* The request body, envelope by envelope: the second waits until the first one's input came
+ * back out of cat, which only happens if envd applied it before the body ended. */
+static long sin_read(void *ud, char *dst, size_t max)
+{
+    struct sin_feed *f = ud;
+    buf_t b;
+    buf_init(&b);
+    switch (f->step++) {
+    case 0:
+        add_env(&b, f->sel);
+        add_env(&b, "{\"data\":{\"input\":{\"stdin\":\"bGluZTEK\"}}}"); /* line1\n */
+        break;
+    case 1:
+        f->saw_first = bg_wait_output(f->b, "line1\n", 5000);
+        add_env(&b, "{\"data\":{\"input\":{\"stdin\":\"bGluZTIK\"}}}"); /* line2\n */
+        break;
+    default:
+        break;
+    }
+    long n = (long)b.len;
+    assert_true(b.len <= max);
+    if (b.len)
+        memcpy(dst, b.data, b.len);
+    buf_fini(&b);
+    return n;
+}
+
+static void test_stream_input_incremental(void **state)
+{
+    (void)state;
+    bg_t b;
+    bg_start(&b, START, js("{s:{s:s,s:[s]},s:b}", "process", "cmd", "cat", "args", "-u", "stdin", 1),
+             NULL);
+    int pid = bg_pid(&b);
+    struct sin_feed f = {.b = &b};
+    snprintf(f.sel, sizeof f.sel, "{\"start\":{\"process\":{\"pid\":%d}}}", pid);
+    char url[128];
+    snprintf(url, sizeof url, "%s/process.Process/StreamInput", E.url);
+    httpc_t *c = httpc_new();
+    httpc_req_t req = {.method = "POST",
+                       .url = url,
+                       .headers = sin_headers,
+                       .body_read = sin_read,
+                       .ud = &f,
+                       .timeout_ms = 30000};
+    httpc_resp_t r;
+    httpc_resp_init(&r);
+    err_t e = {0};
+    assert_int_equal(httpc_do(c, &req, &r, &e), 0);
+    assert_int_equal(r.status, 200);
+    int n = 0;
+    json_t *end = stream_answer(&r.body, &n);
+    assert_non_null(end);
+    assert_null(json_object_get(end, "error"));
+    json_decref(end);
+    httpc_resp_fini(&r);
+    httpc_free(c);
+    assert_true(f.saw_first);
+    assert_true(bg_wait_output(&b, "line1\nline2\n", 5000));
+    send_signal(pid, "SIGNAL_SIGKILL");
+    bg_join(&b);
+    bg_fini(&b);
+}
+
+static void test_stream_input_errors(void **state)
+{
+    (void)state;
+    int n;
+    buf_t body;
+    buf_init(&body);
+    /* Data before start. */
+    add_env(&body, "{\"data\":{\"input\":{\"stdin\":\"YQ==\"}}}");
+    json_t *end = stream_input(&body, &n);
+    assert_string_equal(err_code(end), "invalid_argument");
+    json_decref(end);
+    /* An unknown process. */
+    buf_reset(&body);
+    add_env(&body, "{\"start\":{\"process\":{\"pid\":999999}}}");
+    end = stream_input(&body, &n);
+    assert_string_equal(err_code(end), "not_found");
+    json_decref(end);
+    /* No message at all, a message with two kinds, a truncated envelope. */
+    const char *bad[] = {"", "{\"start\":{\"process\":{\"pid\":1}},\"keepalive\":{}}", NULL};
+    for (int i = 0; i < 3; i++) {
+        buf_reset(&body);
+        if (bad[i] && *bad[i])
+            add_env(&body, bad[i]);
+        if (!bad[i])
+            buf_add(&body, "\x00\x00\x00\x00\x09{}", 7);
+        end = stream_input(&body, &n);
+        assert_string_equal(err_code(end), "invalid_argument");
+        json_decref(end);
+    }
+    buf_fini(&body);
+    /* Not a Connect stream. */
+    httpc_resp_t r;
+    httpc_resp_init(&r);
+    const char *h[] = {"Content-Type: application/json", NULL};
+    assert_int_equal(th_http(&E, "POST", "/process.Process/StreamInput", h, "{}", 2, &r), 0);
+    assert_int_equal(r.status, 415);
+    httpc_resp_fini(&r);
+}
+
 struct conc {
     pthread_t th;
     int i;
@@ -1227,6 +1409,9 @@ int main(void)
         cmocka_unit_test(test_client_disconnect),
         cmocka_unit_test(test_background_grandchild),
         cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_stream_input),
+        cmocka_unit_test(test_stream_input_incremental),
+        cmocka_unit_test(test_stream_input_errors),
         cmocka_unit_test(test_concurrent_starts),
         cmocka_unit_test(test_large_output),
         cmocka_unit_test(test_shutdown_kills),

@@ -153,33 +153,79 @@ void proc_input_req_fini(proc_input_req_t *r)
     memset(r, 0, sizeof *r);
 }
 
+/* A ProcessInput in field `input` of obj: stdin or pty bytes. */
+static int decode_input(const json_t *obj, proc_input_kind_t *kind, buf_t *data, err_t *e)
+{
+    json_t *input = NULL;
+    bool has_stdin = false, has_pty = false;
+    int r;
+    if ((r = pjson_obj(obj, "input", &input, e)) < 0)
+        return r;
+    if (!input)
+        return err_set(e, -EINVAL, "input is required");
+    if ((r = pjson_bytes(input, "stdin", data, &has_stdin, e)) < 0)
+        return r;
+    if (!has_stdin && (r = pjson_bytes(input, "pty", data, &has_pty, e)) < 0)
+        return r;
+    if (!has_stdin && !has_pty)
+        return err_set(e, -EINVAL, "input needs stdin or pty bytes");
+    *kind = has_stdin ? PROC_INPUT_STDIN : PROC_INPUT_PTY;
+    return 0;
+}
+
 int proc_decode_input(const json_t *in, proc_input_req_t *out, err_t *e)
 {
     memset(out, 0, sizeof *out);
     buf_init(&out->data);
-    json_t *input = NULL;
-    bool has_stdin = false, has_pty = false;
     int r;
-    if ((r = proc_decode_selector(in, &out->sel, e)) < 0)
+    if ((r = proc_decode_selector(in, &out->sel, e)) < 0 ||
+        (r = decode_input(in, &out->kind, &out->data, e)) < 0) {
+        proc_input_req_fini(out);
+        return r;
+    }
+    return 0;
+}
+
+void proc_sin_msg_fini(proc_sin_msg_t *m)
+{
+    if (!m)
+        return;
+    proc_selector_fini(&m->sel);
+    buf_fini(&m->data);
+    memset(m, 0, sizeof *m);
+}
+
+int proc_decode_stream_input(const json_t *in, proc_sin_msg_t *out, err_t *e)
+{
+    memset(out, 0, sizeof *out);
+    buf_init(&out->data);
+    json_t *start = NULL, *data = NULL, *ka = NULL;
+    int r;
+    if ((r = pjson_obj(in, "start", &start, e)) < 0 || (r = pjson_obj(in, "data", &data, e)) < 0 ||
+        (r = pjson_obj(in, "keepalive", &ka, e)) < 0)
         goto fail;
-    if ((r = pjson_obj(in, "input", &input, e)) < 0)
-        goto fail;
-    if (!input) {
-        r = err_set(e, -EINVAL, "input is required");
+    if (!!start + !!data + !!ka != 1) {
+        r = err_set(e, -EINVAL, "a message needs exactly one of start, data and keepalive");
         goto fail;
     }
-    if ((r = pjson_bytes(input, "stdin", &out->data, &has_stdin, e)) < 0)
-        goto fail;
-    if (!has_stdin && (r = pjson_bytes(input, "pty", &out->data, &has_pty, e)) < 0)
-        goto fail;
-    if (!has_stdin && !has_pty) {
-        r = err_set(e, -EINVAL, "input needs stdin or pty bytes");
-        goto fail;
+    if (start) {
+        out->kind = PROC_SIN_START;
+        if ((r = proc_decode_selector(start, &out->sel, e)) < 0) {
+            err_wrap(e, "start");
+            goto fail;
+        }
+    } else if (data) {
+        out->kind = PROC_SIN_DATA;
+        if ((r = decode_input(data, &out->input, &out->data, e)) < 0) {
+            err_wrap(e, "data");
+            goto fail;
+        }
+    } else {
+        out->kind = PROC_SIN_KEEPALIVE;
     }
-    out->kind = has_stdin ? PROC_INPUT_STDIN : PROC_INPUT_PTY;
     return 0;
 fail:
-    proc_input_req_fini(out);
+    proc_sin_msg_fini(out);
     return r;
 }
 

@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/pidfd.h>
@@ -772,28 +773,21 @@ static int write_all(int fd, const char *data, size_t len, int sock, err_t *e)
     return 0;
 }
 
-static int h_send_input(connect_call_t *c, const json_t *in, json_t **resp, err_t *e)
+/* Write input of the given kind to p; sock is the client's socket (a vanished client ends a
+ * write that waits for the process to read). */
+static int input_write(proc_t *p, proc_input_kind_t kind, const buf_t *data, int sock, err_t *e)
 {
-    (void)resp;
-    envd_t *d = c->ud;
-    proc_input_req_t rq;
-    proc_t *p = NULL;
-    int fd = -1, r;
-    if ((r = proc_decode_input(in, &rq, e)) < 0)
-        return r;
-    if ((r = find(d->procs, &rq.sel, &p, e)) < 0)
-        goto out;
+    int fd = -1, src = -1, r = 0;
     pthread_mutex_lock(&p->lock);
-    int src = -1;
     if (p->ended)
         r = err_set(e, -ESRCH, "process %d has exited", (int)p->pid);
-    else if (rq.kind == PROC_INPUT_STDIN && p->is_pty)
+    else if (kind == PROC_INPUT_STDIN && p->is_pty)
         r = err_set(e, -EIO, "process %d has a PTY: send its input as pty", (int)p->pid);
-    else if (rq.kind == PROC_INPUT_PTY && !p->is_pty)
+    else if (kind == PROC_INPUT_PTY && !p->is_pty)
         r = err_set(e, -EIO, "process %d has no PTY: send its input as stdin", (int)p->pid);
-    else if (rq.kind == PROC_INPUT_STDIN && !p->had_stdin)
+    else if (kind == PROC_INPUT_STDIN && !p->had_stdin)
         r = err_set(e, -EALREADY, "process %d was started without stdin", (int)p->pid);
-    else if (rq.kind == PROC_INPUT_STDIN && p->stdin_fd < 0)
+    else if (kind == PROC_INPUT_STDIN && p->stdin_fd < 0)
         r = err_set(e, -EALREADY, "stdin of process %d is closed", (int)p->pid);
     else
         src = p->is_pty ? p->pty_fd : p->stdin_fd;
@@ -803,11 +797,24 @@ static int h_send_input(connect_call_t *c, const json_t *in, json_t **resp, err_
         r = err_errno(e, "dup");
     pthread_mutex_unlock(&p->lock);
     if (r == 0)
-        r = write_all(fd, rq.data.data, rq.data.len, http_req_socket(c->req), e);
-out:
+        r = write_all(fd, data->data, data->len, sock, e);
     if (r == -EIO)
-        log_warn("proc.input_failed", "err=\"%s\"", e->msg);
+        log_warn("proc.input_failed", "pid=%d err=\"%s\"", (int)p->pid, e->msg);
     xclose(&fd);
+    return r;
+}
+
+static int h_send_input(connect_call_t *c, const json_t *in, json_t **resp, err_t *e)
+{
+    (void)resp;
+    envd_t *d = c->ud;
+    proc_input_req_t rq;
+    proc_t *p = NULL;
+    int r;
+    if ((r = proc_decode_input(in, &rq, e)) < 0)
+        return r;
+    if ((r = find(d->procs, &rq.sel, &p, e)) == 0)
+        r = input_write(p, rq.kind, &rq.data, http_req_socket(c->req), e);
     proc_unref(p);
     proc_input_req_fini(&rq);
     return r;
@@ -903,6 +910,162 @@ const connect_method_t proc_methods[] = {
     {"/process.Process/Update", h_update, NULL},
 };
 const size_t proc_nmethods = sizeof proc_methods / sizeof proc_methods[0];
+
+/* ---- StreamInput: a client stream, served as a plain HTTP route ----
+ *
+ * The Connect layer only knows unary calls and server streams, so this route parses the request
+ * envelopes itself as the body arrives and writes each input as soon as its envelope is
+ * complete. The answer (one {} message and the end of stream) goes out when the client ends
+ * the request body. */
+
+struct sin {
+    envd_t *d;
+    buf_t pending; /* an incomplete envelope */
+    proc_t *p;     /* selected by the first message */
+};
+
+static bool is_connect_json(const char *ct)
+{
+    static const char want[] = "application/connect+json";
+    return ct && strncasecmp(ct, want, sizeof want - 1) == 0 &&
+           (ct[sizeof want - 1] == '\0' || ct[sizeof want - 1] == ';');
+}
+
+/* Errors in the stream's dialect: an end-of-stream envelope in a 200 answer, except for a
+ * request that is not a Connect stream at all, which gets the unary error body and status. */
+static void sin_error(http_req_t *req, int code, const err_t *e)
+{
+    buf_t b;
+    buf_init(&b);
+    if (!is_connect_json(http_req_header(req, "Content-Type"))) {
+        connect_error_json(&b, code, e);
+        http_respond_buf(req, err_status(code).http, "application/json", &b);
+        return;
+    }
+    connect_end_stream_add(&b, code, e);
+    http_respond_buf(req, 200, "application/connect+json", &b);
+}
+
+static int sin_headers(http_req_t *req, void *ud, err_t *e)
+{
+    const char *ct = http_req_header(req, "Content-Type");
+    if (!is_connect_json(ct))
+        return err_set(e, -EPROTONOSUPPORT,
+                       "unsupported content type %.64s (use application/connect+json)",
+                       ct ? ct : "(none)");
+    const char *pv = http_req_header(req, "Connect-Protocol-Version");
+    if (pv && strcmp(pv, "1") != 0)
+        return err_set(e, -EINVAL, "connect-protocol-version must be 1");
+    const char *enc = http_req_header(req, "Connect-Content-Encoding");
+    if (enc && strcmp(enc, "identity") != 0)
+        return err_set(e, -ENOSYS, "compression %.32s is not supported", enc);
+    int r = envd_check_token(req, ud, e);
+    if (r < 0)
+        return r;
+    struct sin *s = xcalloc(1, sizeof *s);
+    s->d = ud;
+    buf_init(&s->pending);
+    http_req_set_state(req, s);
+    return 0;
+}
+
+static int sin_message(http_req_t *req, struct sin *s, const char *msg, size_t len, err_t *e)
+{
+    json_t *in = NULL;
+    proc_sin_msg_t m;
+    int r = pjson_parse(msg, len, &in, e);
+    if (r < 0)
+        return r;
+    r = proc_decode_stream_input(in, &m, e);
+    json_decref(in);
+    if (r < 0)
+        return r;
+    if (m.kind == PROC_SIN_START) {
+        if (s->p)
+            r = err_set(e, -EINVAL, "the process was already selected");
+        else
+            r = find(s->d->procs, &m.sel, &s->p, e);
+    } else if (!s->p) {
+        r = err_set(e, -EINVAL, "the first message must be start, selecting the process");
+    } else if (m.kind == PROC_SIN_DATA) {
+        r = input_write(s->p, m.input, &m.data, http_req_socket(req), e);
+    }
+    proc_sin_msg_fini(&m);
+    return r;
+}
+
+static int sin_body(http_req_t *req, const char *data, size_t len, void *ud, err_t *e)
+{
+    (void)ud;
+    struct sin *s = http_req_state(req);
+    buf_add(&s->pending, data, len);
+    for (;;) {
+        uint8_t flags = 0;
+        uint32_t mlen = 0;
+        long n = connect_envelope_parse(s->pending.data, s->pending.len, CONNECT_MAX_MESSAGE,
+                                        &flags, &mlen);
+        if (n < 0)
+            return err_set(e, (int)n, n == -EMSGSIZE ? "message too large" : "malformed envelope");
+        if (n == 0)
+            return 0;
+        if (flags != 0)
+            return err_set(e, -EINVAL, "request envelopes must be uncompressed messages");
+        int r = sin_message(req, s, s->pending.data + 5, mlen, e);
+        if (r < 0)
+            return r;
+        buf_consume(&s->pending, (size_t)n);
+    }
+}
+
+static void sin_handle(http_req_t *req, void *ud)
+{
+    (void)ud;
+    struct sin *s = http_req_state(req);
+    err_t e = {0};
+    if (s->pending.len) {
+        err_set(&e, -EINVAL, "the request ends inside an envelope");
+        sin_error(req, e.code, &e);
+        return;
+    }
+    if (!s->p) {
+        err_set(&e, -EINVAL, "the first message must be start, selecting the process");
+        sin_error(req, e.code, &e);
+        return;
+    }
+    buf_t b;
+    buf_init(&b);
+    connect_envelope_add(&b, 0, "{}", 2);
+    connect_end_stream_add(&b, 0, NULL);
+    http_respond_buf(req, 200, "application/connect+json", &b);
+}
+
+static void sin_cleanup(http_req_t *req, void *ud)
+{
+    (void)ud;
+    struct sin *s = http_req_state(req);
+    if (!s)
+        return;
+    proc_unref(s->p);
+    buf_fini(&s->pending);
+    free(s);
+    http_req_set_state(req, NULL);
+}
+
+size_t proc_routes(envd_t *d, http_route_t *out, size_t max)
+{
+    if (max < 1)
+        return 0;
+    memset(out, 0, sizeof *out);
+    out->method = "POST";
+    out->path = "/process.Process/StreamInput";
+    out->on_headers = sin_headers;
+    out->on_body = sin_body;
+    out->handle = sin_handle;
+    out->cleanup = sin_cleanup;
+    out->error = sin_error;
+    out->ud = d;
+    return 1;
+}
 
 /* ---- table life cycle ---- */
 

@@ -53,6 +53,21 @@ typedef struct proc_signal_req {
     int signo;
 } proc_signal_req_t;
 
+/** StreamInputRequest message kinds. */
+typedef enum proc_sin_kind {
+    PROC_SIN_START = 1,     /* selects the process; must come first */
+    PROC_SIN_DATA = 2,      /* input bytes */
+    PROC_SIN_KEEPALIVE = 3, /* nothing to do */
+} proc_sin_kind_t;
+
+/** One StreamInputRequest message. */
+typedef struct proc_sin_msg {
+    proc_sin_kind_t kind;
+    proc_selector_t sel;     /* PROC_SIN_START */
+    proc_input_kind_t input; /* PROC_SIN_DATA */
+    buf_t data;              /* PROC_SIN_DATA */
+} proc_sin_msg_t;
+
 /** UpdateRequest; without `pty` the update changes nothing. */
 typedef struct proc_update_req {
     proc_selector_t sel;
@@ -77,6 +92,10 @@ void proc_input_req_fini(proc_input_req_t *r);
  * value, SIGNAL_UNSPECIFIED or an absent signal → -ENOSYS. */
 int proc_decode_signal(const json_t *in, proc_signal_req_t *out, err_t *e);
 void proc_signal_req_fini(proc_signal_req_t *r);
+
+/** One StreamInputRequest message: exactly one of start {process}, data {input}, keepalive. */
+int proc_decode_stream_input(const json_t *in, proc_sin_msg_t *out, err_t *e);
+void proc_sin_msg_fini(proc_sin_msg_t *m);
 
 /** UpdateRequest. */
 int proc_decode_update(const json_t *in, proc_update_req_t *out, err_t *e);
