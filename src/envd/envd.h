@@ -15,6 +15,10 @@
 #define ENVD_VERSION      "0.6.1"
 #define ENVD_DEFAULT_PORT 49983
 
+/* Uploads land in a temporary file with this name prefix beside their target and are renamed
+ * into place when complete; watches hide such files and report the target as written. */
+#define ENVD_UPLOAD_TMP_PREFIX ".wrenn-upload-"
+
 struct proc_table;
 struct fs_watchers;
 

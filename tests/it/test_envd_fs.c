@@ -2,6 +2,9 @@
  * ListDir, WatchDir, the watcher trio, acting as another user, and protocol edge cases. */
 #include "harness.h"
 
+/* ENVD_UPLOAD_TMP_PREFIX */
+#define ENVD_UPLOAD_TMP_PREFIX ".wrenn-upload-"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -984,6 +987,43 @@ static void test_watchers(void **state)
 
 /* ---- Protocol ---- */
 
+/* An upload through /files lands atomically through a temporary file; watchers never see that
+ * file, only the target being created and written. */
+static void test_watch_sees_uploads_as_writes(void **state)
+{
+    (void)state;
+    wctx_t *x = calloc(1, sizeof *x);
+    x->dir = tpath("watch5");
+    mkdir(x->dir, 0755);
+    long st;
+    json_t *j = call("CreateWatcher", &st, "{\"path\":\"%s\"}", x->dir);
+    assert_int_equal(st, 200);
+    char id[64];
+    snprintf(id, sizeof id, "%s", sget(j, "watcherId"));
+    json_decref(j);
+
+    for (int round = 0; round < 2; round++) { /* a new file, then an overwrite */
+        char path[512];
+        snprintf(path, sizeof path, "/files?path=%s/up.txt", x->dir);
+        const char *h[] = {"Content-Type: application/octet-stream", NULL};
+        httpc_resp_t r;
+        httpc_resp_init(&r);
+        assert_int_equal(th_http(&envd, "POST", path, h, "payload", 7, &r), 0);
+        assert_int_equal(r.status, 200);
+        httpc_resp_fini(&r);
+        poll_until(id, x, "up.txt", "EVENT_TYPE_WRITE");
+        if (round == 0)
+            x->nev = 0;
+    }
+    for (size_t i = 0; i < x->nev; i++)
+        assert_null(strstr(x->ev[i].name, ENVD_UPLOAD_TMP_PREFIX));
+    j = call("RemoveWatcher", &st, "{\"watcherId\":\"%s\"}", id);
+    assert_int_equal(st, 200);
+    json_decref(j);
+    free(x->dir);
+    free(x);
+}
+
 static void test_protocol(void **state)
 {
     (void)state;
@@ -1057,6 +1097,7 @@ int main(void)
         cmocka_unit_test(test_watch_dir_recursive),
         cmocka_unit_test(test_watch_dir_keepalive_and_errors),
         cmocka_unit_test(test_watchers),
+        cmocka_unit_test(test_watch_sees_uploads_as_writes),
         cmocka_unit_test(test_protocol),
     };
     return cmocka_run_group_tests_name("envd_fs", tests, setup, teardown);

@@ -135,7 +135,7 @@ static int open_tmp(struct target *t, const struct stat *st)
     sodium_bin2hex(hex, sizeof hex, rnd, sizeof rnd);
     const char *slash = strrchr(t->dest, '/');
     int dl = slash ? (int)(slash - t->dest) : 0;
-    char *tmp = xasprintf("%.*s/.wrenn-upload-%s", dl, t->dest, hex);
+    char *tmp = xasprintf("%.*s/" ENVD_UPLOAD_TMP_PREFIX "%s", dl, t->dest, hex);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0666);
     if (fd < 0) {
         int err = errno;

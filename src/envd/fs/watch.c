@@ -40,6 +40,9 @@ struct fs__watch {
      * cookie that says where it went (NULL: none). */
     char *from_rel;
     uint32_t from_cookie;
+    /* Cookie of the last upload temp file renamed away: its IN_MOVED_TO is the upload landing. */
+    uint32_t upload_cookie;
+    bool upload_pending;
     char *buf; /* READ_BUF bytes, aligned for struct inotify_event */
 };
 
@@ -328,9 +331,24 @@ static int on_event(fs__watch_t *w, const struct inotify_event *ev, fs__evq_t *q
     /* A subdirectory's own deletion or move is already reported by its parent's watch. */
     if (self && *rel && (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF)))
         return 0;
+    /* envd's own upload temp files are invisible; their rename onto the target reads as the
+     * target being created and written, which is what a client that wrote the file expects. */
+    if (!self && strncmp(ev->name, ENVD_UPLOAD_TMP_PREFIX, strlen(ENVD_UPLOAD_TMP_PREFIX)) == 0) {
+        if (ev->mask & IN_MOVED_FROM) {
+            w->upload_cookie = ev->cookie;
+            w->upload_pending = true;
+        }
+        return 0;
+    }
+    bool upload_landed =
+        (ev->mask & IN_MOVED_TO) && w->upload_pending && ev->cookie == w->upload_cookie;
+    if (upload_landed)
+        w->upload_pending = false;
     char *name = self ? xstrdup(*rel ? rel : ".") : rel_join(rel, ev->name);
     if (ev->mask & (IN_CREATE | IN_MOVED_TO))
         emit(w, q, name, FS__EV_CREATE);
+    if (upload_landed)
+        emit(w, q, name, FS__EV_WRITE);
     if (ev->mask & (IN_MOVED_FROM | IN_MOVE_SELF))
         emit(w, q, name, FS__EV_RENAME);
     if (ev->mask & IN_ATTRIB)
