@@ -141,6 +141,9 @@ static void test_openapi_matches_router(void **state)
     assert_int_equal(httpc_do(c.http, &rq, &rs, &e), 0);
     assert_int_equal(rs.status, 200);
     assert_non_null(strstr(rs.body.data, "/openapi.yaml"));
+    /* Self-contained: an offline install must render it, so nothing is loaded from elsewhere. */
+    assert_null(strstr(rs.body.data, "http://"));
+    assert_null(strstr(rs.body.data, "https://"));
     httpc_resp_fini(&rs);
     assert_int_equal(cph_stop(&c), 0);
 }
