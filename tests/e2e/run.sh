@@ -62,30 +62,53 @@ fi
 work=$(mktemp -d /tmp/wrenn-e2e.XXXXXX) || die "mktemp failed"
 # The tests run some commands as 'nobody', which must be able to reach the scratch tree.
 chmod 0755 "$work"
-mkdir -p "$work/run" "$work/fs"
+mkdir -p "$work/fs"
 chmod 0755 "$work/fs"
 envd_pid=
 proxy_pid=
 envd_port=$port
 [[ -n $capture ]] && envd_port=$((port + 1))
+envd_log=
 
-cleanup() {
-    local rc=$?
-    if [[ -n $proxy_pid ]] && kill -0 "$proxy_pid" 2>/dev/null; then
-        kill -TERM "$proxy_pid" 2>/dev/null
-        wait "$proxy_pid" 2>/dev/null
-    fi
-    if [[ -n $envd_pid ]] && kill -0 "$envd_pid" 2>/dev/null; then
+# Stop envd (SIGTERM, SIGKILL after 5 s) and then whatever it started that outlived it: envd
+# puts each command in its own process group, so its direct children are group leaders.
+stop_envd() {
+    [[ -n $envd_pid ]] || return 0
+    local kids k
+    kids=$(ps -o pid= --ppid "$envd_pid" 2>/dev/null)
+    if kill -0 "$envd_pid" 2>/dev/null; then
         kill -TERM "$envd_pid" 2>/dev/null
         for _ in $(seq 50); do
             kill -0 "$envd_pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -0 "$envd_pid" 2>/dev/null && kill -KILL "$envd_pid" 2>/dev/null
-        wait "$envd_pid" 2>/dev/null
+        if kill -0 "$envd_pid" 2>/dev/null; then
+            echo "# e2e: envd did not exit within 5 s of SIGTERM; killing it"
+            kill -KILL "$envd_pid" 2>/dev/null
+        fi
     fi
-    if [[ -n $keep_log && -f $work/envd.log ]]; then
-        cp "$work/envd.log" "$keep_log"
+    wait "$envd_pid" 2>/dev/null
+    for k in $kids; do
+        kill -KILL -- "-$k" 2>/dev/null
+        kill -KILL "$k" 2>/dev/null
+    done
+    envd_pid=
+}
+
+stop_proxy() {
+    if [[ -n $proxy_pid ]] && kill -0 "$proxy_pid" 2>/dev/null; then
+        kill -TERM "$proxy_pid" 2>/dev/null
+        wait "$proxy_pid" 2>/dev/null
+    fi
+    proxy_pid=
+}
+
+cleanup() {
+    local rc=$?
+    stop_proxy
+    stop_envd
+    if [[ -n $keep_log ]]; then
+        cat "$work"/envd-*.log >"$keep_log" 2>/dev/null
     fi
     rm -rf "$work"
     exit "$rc"
@@ -93,38 +116,57 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$bin" --port "$envd_port" --run-dir "$work/run" --log-level "${E2E_ENVD_LOG_LEVEL:-info}" \
-    >"$work/envd.log" 2>&1 &
-envd_pid=$!
-
-# Wait for /health on both loopback families (the SDK's "localhost" may be either).
-healthy=
-for _ in $(seq 100); do
-    if ! kill -0 "$envd_pid" 2>/dev/null; then
-        echo "e2e: envd exited during startup; its log:" >&2
-        sed 's/^/    /' "$work/envd.log" >&2
-        envd_pid=
-        exit 2
-    fi
-    if curl -fsS -o /dev/null "http://127.0.0.1:$envd_port/health" 2>/dev/null; then
-        healthy=1
-        break
-    fi
-    sleep 0.1
-done
-[[ -n $healthy ]] || die "envd did not answer GET /health on port $envd_port within 10 s"
-if [[ -n $capture ]]; then
-    : >"$capture" || die "cannot write $capture"
-    node lib/capture-proxy.mjs "$port" "$envd_port" "$capture" &
-    proxy_pid=$!
-    for _ in $(seq 50); do
-        curl -fsS -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null && break
+# Start a fresh envd (and the capture proxy) for one SDK run: a daemon left broken by one run
+# must not be blamed on the other SDK version.
+start_envd() {
+    local tag=$1 healthy=
+    envd_log="$work/envd-$tag.log"
+    rm -rf "$work/run-$tag"
+    mkdir -p "$work/run-$tag"
+    "$bin" --port "$envd_port" --run-dir "$work/run-$tag" --log-level "${E2E_ENVD_LOG_LEVEL:-info}" \
+        >"$envd_log" 2>&1 &
+    envd_pid=$!
+    # Wait for /health on both loopback families (the SDK's "localhost" may be either).
+    for _ in $(seq 100); do
+        if ! kill -0 "$envd_pid" 2>/dev/null; then
+            echo "e2e: envd exited during startup; its log:" >&2
+            sed 's/^/    /' "$envd_log" >&2
+            envd_pid=
+            exit 2
+        fi
+        if curl -fsS -o /dev/null "http://127.0.0.1:$envd_port/health" 2>/dev/null; then
+            healthy=1
+            break
+        fi
         sleep 0.1
     done
-    echo "# e2e: capturing envd traffic to $capture"
-fi
-curl -fsS -o /dev/null -g "http://[::1]:$port/health" 2>/dev/null ||
-    echo "# e2e: warning: envd does not answer on [::1]:$port; 'localhost' may resolve to ::1" >&2
+    [[ -n $healthy ]] || die "envd did not answer GET /health on port $envd_port within 10 s"
+    if [[ -n $capture ]]; then
+        echo "=== SDK run $tag" >>"$capture"
+        node lib/capture-proxy.mjs "$port" "$envd_port" "$capture" &
+        proxy_pid=$!
+        for _ in $(seq 50); do
+            curl -fsS -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null && break
+            sleep 0.1
+        done
+        echo "# e2e: capturing envd traffic to $capture"
+    fi
+    curl -fsS -o /dev/null -g "http://[::1]:$port/health" 2>/dev/null ||
+        echo "# e2e: warning: envd does not answer on [::1]:$port; 'localhost' may resolve to ::1" >&2
+}
+
+# Count passed and failed test cases in a TAP file when node did not print its summary (killed
+# by the run timeout): every test point that is not a suite.
+tally_tap() {
+    awk '
+        function flush() { if (have) { if (bad) f++; else p++ } have = 0 }
+        /^ *(not )?ok [0-9]+/ { flush(); have = 1; bad = ($0 ~ /^ *not ok/) ; next }
+        /type: .suite./ { have = 0; next }
+        END { flush(); printf "%d %d\n", p, f }
+    ' "$1"
+}
+
+[[ -n $capture ]] && { : >"$capture" || die "cannot write $capture"; }
 
 if [[ -n ${E2E_FILES:-} ]]; then
     read -r -a files <<<"$E2E_FILES"
@@ -138,6 +180,7 @@ status=0
 for sdk in $sdks; do
     [[ -d node_modules/$sdk ]] || die "SDK alias '$sdk' is not installed (see package.json)"
     ver=$(node -p "require('./node_modules/$sdk/package.json').version")
+    start_envd "$sdk"
     echo "# e2e: SDK $sdk (e2b@$ver) against $bin"
     out="$work/tap-$sdk.txt"
     E2B_DEBUG=true E2E_SDK_PKG=$sdk E2E_TMP="$work/fs" \
@@ -147,26 +190,34 @@ for sdk in $sdks; do
     pass=$(grep -E '^# pass [0-9]+' "$out" | tail -1 | awk '{print $3}')
     fail=$(grep -E '^# fail [0-9]+' "$out" | tail -1 | awk '{print $3}')
     cancelled=$(grep -E '^# cancelled [0-9]+' "$out" | tail -1 | awk '{print $3}')
-    pass=${pass:-0}
-    fail=$((${fail:-0} + ${cancelled:-0}))
-    if [[ $rc -ne 0 && $fail -eq 0 ]]; then
-        # node itself failed (crash, timeout) without counting a failed test: count the run.
-        echo "# e2e: node exited with status $rc for $sdk"
-        fail=1
+    if [[ -z $pass ]]; then
+        # No summary: node was killed (run timeout) or crashed. Count what it reported, plus
+        # one failure for the run itself.
+        read -r pass fail < <(tally_tap "$out")
+        echo "# e2e: node exited with status $rc for $sdk before its summary (run timeout ${run_timeout}s?)"
+        echo "# pass $pass"
+        echo "# fail $fail"
+        fail=$((fail + 1))
+    else
+        fail=$((${fail:-0} + ${cancelled:-0}))
+        if [[ $rc -ne 0 && $fail -eq 0 ]]; then
+            echo "# e2e: node exited with status $rc for $sdk"
+            fail=1
+        fi
     fi
+    if ! kill -0 "$envd_pid" 2>/dev/null; then
+        echo "# e2e: envd died during the $sdk run; its log tail:"
+        tail -n 40 "$envd_log" | sed 's/^/#    /'
+        envd_pid=
+        fail=$((fail + 1))
+    fi
+    stop_proxy
+    stop_envd
     echo "# e2e: $sdk: $pass passed, $fail failed"
     total_pass=$((total_pass + pass))
     total_fail=$((total_fail + fail))
     [[ $rc -ne 0 || $fail -ne 0 ]] && status=1
 done
-
-if ! kill -0 "$envd_pid" 2>/dev/null; then
-    echo "# e2e: envd died during the tests; its log tail:"
-    tail -n 40 "$work/envd.log" | sed 's/^/#    /'
-    envd_pid=
-    status=1
-    total_fail=$((total_fail + 1))
-fi
 
 echo "e2e: $total_pass passed, $total_fail failed"
 exit $status

@@ -13,6 +13,23 @@ const started = new Set();
 /** A unique shell comment, so a command can be found again in commands.list(). */
 const marker = () => `e2e-${randomBytes(4).toString('hex')}`;
 
+/** Start cmd in the background and wait until it printed "ready": only then is it safe to kill.
+ * (A login shell killed while its profile runs can leave the machine's profile state broken;
+ * e.g. pyenv's rehash lock, after which every root login shell stalls for 60 s.) */
+async function startReady(cmd, opts = {}) {
+  let out = '';
+  const h = await sbx.commands.run(`echo ready; ${cmd}`, {
+    ...opts,
+    background: true,
+    onStdout: (d) => {
+      out += d;
+    },
+  });
+  started.add(h.pid);
+  await waitFor(() => out.includes('ready\n'), 10_000, `"ready" from pid ${h.pid}`);
+  return h;
+}
+
 async function findByMarker(m) {
   const list = await sbx.commands.list();
   return list.find((p) => (p.args || []).some((a) => a.includes(m)));
@@ -135,11 +152,15 @@ describe('commands.run', () => {
   });
 });
 
+// These run as 'nobody' (cwd /tmp): the deadline may kill the shell while a root login profile
+// is still running (see startReady).
+const NOBODY = { user: 'nobody', cwd: '/tmp' };
+
 describe('commands timeouts', () => {
   it('timeoutMs: sleep 5 with timeoutMs 1000 rejects with TimeoutError, then kill', T, async () => {
     const m = marker();
     const t0 = Date.now();
-    await assert.rejects(sbx.commands.run(`sleep 5; : ${m}`, { timeoutMs: 1000 }), (err) => {
+    await assert.rejects(sbx.commands.run(`sleep 5; : ${m}`, { ...NOBODY, timeoutMs: 1000 }), (err) => {
       assert.ok(err instanceof TimeoutError, `expected TimeoutError, got ${describeErr(err)}`);
       return true;
     });
@@ -156,7 +177,7 @@ describe('commands timeouts', () => {
 
   it('envd kills the process when Connect-Timeout-Ms expires', T, async () => {
     const m = marker();
-    await assert.rejects(sbx.commands.run(`sleep 20; : ${m}`, { timeoutMs: 1000 }), TimeoutError);
+    await assert.rejects(sbx.commands.run(`sleep 20; : ${m}`, { ...NOBODY, timeoutMs: 1000 }), TimeoutError);
     // No kill from us: the process must be gone shortly after the deadline.
     try {
       await waitFor(async () => !(await findByMarker(m)), 3000, 'envd to kill the timed-out process');
@@ -202,8 +223,7 @@ describe('background processes', () => {
   });
 
   it('commands.kill(pid) ends a background process; connect sees the end', T, async () => {
-    const h = await sbx.commands.run('sleep 30', { background: true });
-    started.add(h.pid);
+    const h = await startReady('sleep 30');
     const c = await sbx.commands.connect(h.pid);
     assert.equal(await sbx.commands.kill(h.pid), true);
     // SIGKILL: exit code -1 (signal), so wait() rejects with CommandExitError.
@@ -219,8 +239,7 @@ describe('background processes', () => {
   });
 
   it('handle.kill() works too, and killing an unknown pid returns false', T, async () => {
-    const h = await sbx.commands.run('sleep 30', { background: true });
-    started.add(h.pid);
+    const h = await startReady('sleep 30');
     assert.equal(await h.kill(), true);
     await assert.rejects(h.wait(), CommandExitError);
     started.delete(h.pid);
@@ -237,17 +256,12 @@ describe('background processes', () => {
 
   it('commands.list shows a running process with its cmd, args, envs and cwd', T, async () => {
     const m = marker();
-    const h = await sbx.commands.run(`sleep 30; : ${m}`, {
-      background: true,
-      cwd: '/tmp',
-      envs: { E2E_LIST: m },
-    });
-    started.add(h.pid);
+    const h = await startReady(`sleep 30; : ${m}`, { cwd: '/tmp', envs: { E2E_LIST: m } });
     const list = await sbx.commands.list();
     const p = list.find((x) => x.pid === h.pid);
     assert.ok(p, `pid ${h.pid} not in ${JSON.stringify(list.map((x) => x.pid))}`);
     assert.equal(p.cmd, '/bin/bash');
-    assert.deepEqual(p.args, ['-l', '-c', `sleep 30; : ${m}`]);
+    assert.deepEqual(p.args, ['-l', '-c', `echo ready; sleep 30; : ${m}`]);
     assert.equal(p.envs?.E2E_LIST, m);
     assert.equal(p.cwd, '/tmp');
     await sbx.commands.kill(h.pid);
