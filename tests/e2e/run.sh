@@ -51,13 +51,21 @@ if port_busy; then
     die "port $port is already in use (the e2b SDK's debug mode always talks to localhost:$port); stop the process listening there first (e.g. 'ss -ltnp sport = :$port')"
 fi
 
-# Install exactly the locked SDK versions.
+# Install exactly the locked SDK versions, unless node_modules already holds them: `npm ci`
+# wipes node_modules (breaking a concurrent run) and needs the registry. Concurrent runs
+# serialize the install on a lock file.
 cd "$here" || die "cannot enter $here"
+exec 9>"${TMPDIR:-/tmp}/wrenn-e2e-npm.lock" || die "cannot open the install lock"
+flock -w 600 9 || die "timed out waiting for another run's npm install"
 if [[ -f package-lock.json ]]; then
-    npm ci --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed"
+    if ! node lib/deps-ok.cjs; then
+        npm ci --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed"
+    fi
 else
-    npm install --no-audit --no-fund --loglevel=error >/dev/null || die "npm install failed"
+    npm install --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null || die "npm install failed"
 fi
+flock -u 9
+exec 9>&-
 
 work=$(mktemp -d /tmp/wrenn-e2e.XXXXXX) || die "mktemp failed"
 # The tests run some commands as 'nobody', which must be able to reach the scratch tree.
