@@ -457,8 +457,8 @@ static void test_envs_and_cwd(void **state)
     (void)state;
     char *dir = th_tmpdir();
     char *j = js("{s:{s:s,s:[s,s],s:{s:s,s:s},s:s}}", "process", "cmd", "/bin/sh", "args", "-c",
-                 "echo \"$FOO|$EMPTY|$WRENN_SANDBOX|$HOME|$USER\"; pwd", "envs", "FOO",
-                 "bar baz", "EMPTY", "", "cwd", dir);
+                 "echo \"$FOO|$EMPTY|$WRENN_SANDBOX|$HOME|$USER\"; pwd", "envs", "FOO", "bar baz",
+                 "EMPTY", "", "cwd", dir);
     th_stream_t s;
     run(j, NULL, &s);
     free(j);
@@ -548,9 +548,9 @@ static void test_user(void **state)
 static void test_tag_connect_list(void **state)
 {
     (void)state;
-    char *j = js("{s:{s:s,s:[s,s],s:{s:s},s:s},s:s,s:b}", "process", "cmd", "/bin/sh", "args",
-                 "-c", "read a; echo \"got:$a\"; read b; echo \"second:$b\"; exit 7", "envs", "K",
-                 "v", "cwd", "/tmp", "tag", "my-tag", "stdin", 1);
+    char *j = js("{s:{s:s,s:[s,s],s:{s:s},s:s},s:s,s:b}", "process", "cmd", "/bin/sh", "args", "-c",
+                 "read a; echo \"got:$a\"; read b; echo \"second:$b\"; exit 7", "envs", "K", "v",
+                 "cwd", "/tmp", "tag", "my-tag", "stdin", 1);
     int pid = start_detached(j);
     free(j);
 
@@ -716,8 +716,8 @@ static void test_stdin_closed(void **state)
 static void test_pty(void **state)
 {
     (void)state;
-    char *j = js("{s:{s:s,s:[s,s]},s:{s:{s:i,s:i}},s:s}", "process", "cmd", "/bin/sh", "args",
-                 "-c", "stty size; tty >/dev/null && echo is-a-tty; read x; stty size; echo got:$x",
+    char *j = js("{s:{s:s,s:[s,s]},s:{s:{s:i,s:i}},s:s}", "process", "cmd", "/bin/sh", "args", "-c",
+                 "stty size; tty >/dev/null && echo is-a-tty; read x; stty size; echo got:$x",
                  "pty", "size", "cols", 100, "rows", 30, "tag", "pty-test");
     bg_t b;
     bg_start(&b, START, j, NULL);
@@ -735,8 +735,7 @@ static void test_pty(void **state)
     expect_unary("SendInput", j, 500, "internal");
     free(j);
     free(x);
-    expect_take("CloseStdin", js("{s:{s:i}}", "process", "pid", pid), 400,
-                 "failed_precondition");
+    expect_take("CloseStdin", js("{s:{s:i}}", "process", "pid", pid), 400, "failed_precondition");
 
     char *in = th_b64("hi\n", 3);
     j = js("{s:{s:i},s:{s:s}}", "process", "pid", pid, "input", "pty", in);
@@ -1069,8 +1068,8 @@ static void test_bad_requests(void **state)
     th_stream_fini(&s);
     expect_unary("SendInput", "{\"process\":{\"pid\":999999},\"input\":{\"stdin\":\"eA==\"}}", 404,
                  "not_found");
-    expect_unary("SendSignal", "{\"process\":{\"tag\":\"nope\"},\"signal\":\"SIGNAL_SIGKILL\"}", 404,
-                 "not_found");
+    expect_unary("SendSignal", "{\"process\":{\"tag\":\"nope\"},\"signal\":\"SIGNAL_SIGKILL\"}",
+                 404, "not_found");
     expect_unary("Update", "{\"process\":{\"pid\":999999}}", 404, "not_found");
     expect_unary("CloseStdin", "{\"process\":{\"pid\":999999}}", 404, "not_found");
     /* Selectors and inputs that are malformed. */
@@ -1123,9 +1122,9 @@ static json_t *stream_input(const buf_t *body, int *nmsgs)
 {
     httpc_resp_t r;
     httpc_resp_init(&r);
-    assert_int_equal(th_http(&E, "POST", "/process.Process/StreamInput", sin_headers, body->data,
-                             body->len, &r),
-                     0);
+    assert_int_equal(
+        th_http(&E, "POST", "/process.Process/StreamInput", sin_headers, body->data, body->len, &r),
+        0);
     assert_int_equal(r.status, 200);
     json_t *end = stream_answer(&r.body, nmsgs);
     httpc_resp_fini(&r);
@@ -1197,8 +1196,8 @@ static void test_stream_input_incremental(void **state)
 {
     (void)state;
     bg_t b;
-    bg_start(&b, START, js("{s:{s:s,s:[s]},s:b}", "process", "cmd", "cat", "args", "-u", "stdin", 1),
-             NULL);
+    bg_start(&b, START,
+             js("{s:{s:s,s:[s]},s:b}", "process", "cmd", "cat", "args", "-u", "stdin", 1), NULL);
     int pid = bg_pid(&b);
     struct sin_feed f = {.b = &b};
     snprintf(f.sel, sizeof f.sel, "{\"start\":{\"process\":{\"pid\":%d}}}", pid);

@@ -49,12 +49,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define QUEUE_MAX    64          /* events queued per subscriber before the reader waits */
-#define PIPE_CHUNK   (32 * 1024) /* largest stdout/stderr piece */
-#define PTY_CHUNK    (16 * 1024) /* largest PTY piece */
-#define READ_BATCH   8           /* pieces read from one fd per wake-up */
-#define DRAIN_READS  16          /* batches per fd after the exit, so a chatty grandchild can't stall */
-#define READER_STACK (64 * 1024)
+#define QUEUE_MAX        64          /* events queued per subscriber before the reader waits */
+#define PIPE_CHUNK       (32 * 1024) /* largest stdout/stderr piece */
+#define PTY_CHUNK        (16 * 1024) /* largest PTY piece */
+#define READ_BATCH       8           /* pieces read from one fd per wake-up */
+#define DRAIN_READS      16          /* batches per fd after the exit (bounded: grandchildren) */
+#define READER_STACK     (64 * 1024)
 #define SHUTDOWN_WAIT_MS 5000
 
 static const char keepalive_msg[] = "{\"event\":{\"keepalive\":{}}}";
@@ -76,9 +76,9 @@ struct sub {
     proc_t *p;
     sub_t *next;
     int efd;
-    bool signalled;  /* efd is readable; under p->lock */
-    bool need_start; /* the start event is still to be sent */
-    bool done;       /* the end event was handed out */
+    bool signalled;            /* efd is readable; under p->lock */
+    bool need_start;           /* the start event is still to be sent */
+    bool done;                 /* the end event was handed out */
     chunk_t *q[QUEUE_MAX + 1]; /* ring; the spare slot is for the end event */
     size_t head, count;
 };
@@ -459,9 +459,10 @@ static chunk_t *end_event(const siginfo_t *si, int werr, char *status, size_t sl
             n = snprintf(text, sizeof text,
                          "{\"event\":{\"end\":{\"exited\":true,\"status\":\"%s\"}}}", status);
         else
-            n = snprintf(text, sizeof text,
-                         "{\"event\":{\"end\":{\"exitCode\":%d,\"exited\":true,\"status\":\"%s\"}}}",
-                         si->si_status, status);
+            n = snprintf(
+                text, sizeof text,
+                "{\"event\":{\"end\":{\"exitCode\":%d,\"exited\":true,\"status\":\"%s\"}}}",
+                si->si_status, status);
     } else {
         snprintf(status, slen, "signal: %s%s", signal_text(si->si_status, sb, sizeof sb),
                  si->si_code == CLD_DUMPED ? " (core dumped)" : "");
@@ -625,8 +626,8 @@ static int h_start(connect_call_t *c, const json_t *in, connect_source_t *src, e
     envd_user_t u = {0};
     char *cwd = NULL;
     char **envp = NULL;
-    proc__child_t ch = {.pid = -1, .pidfd = -1, .stdin_fd = -1, .stdout_fd = -1,
-                        .stderr_fd = -1, .pty_fd = -1};
+    proc__child_t ch = {
+        .pid = -1, .pidfd = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1, .pty_fd = -1};
     proc_t *p = NULL;
     int r;
 
@@ -683,8 +684,8 @@ static int h_start(connect_call_t *c, const json_t *in, connect_source_t *src, e
         sub_free(s);
         goto out;
     }
-    log_info("proc.started", "pid=%d user=%s pty=%d stdin=%d", (int)p->pid, u.name,
-             (int)rq.has_pty, (int)p->had_stdin);
+    log_info("proc.started", "pid=%d user=%s pty=%d stdin=%d", (int)p->pid, u.name, (int)rq.has_pty,
+             (int)p->had_stdin);
     source_fill(src, s);
 out:
     proc_unref(p);
@@ -761,8 +762,7 @@ static int write_all(int fd, const char *data, size_t len, int sock, err_t *e)
             struct pollfd pf[2] = {{.fd = fd, .events = POLLOUT},
                                    {.fd = sock, .events = POLLRDHUP}};
             int n = poll(pf, sock >= 0 ? 2 : 1, 1000);
-            if (n > 0 && sock >= 0 &&
-                (pf[1].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
+            if (n > 0 && sock >= 0 && (pf[1].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
                 return err_set(e, -ECANCELED, "client went away while writing input");
             continue;
         }

@@ -26,15 +26,15 @@ typedef struct proc_selector {
 
 /** StartRequest. */
 typedef struct proc_start_req {
-    char *cmd;         /* never empty */
-    char **args;       /* nargs strings, NULL-terminated; never NULL after success */
+    char *cmd;   /* never empty */
+    char **args; /* nargs strings, NULL-terminated; never NULL after success */
     size_t nargs;
-    json_t *envs;      /* object of string → string (new reference; empty when absent) */
-    char *cwd;         /* NULL when absent */
+    json_t *envs; /* object of string → string (new reference; empty when absent) */
+    char *cwd;    /* NULL when absent */
     bool has_pty;
     uint16_t cols, rows;
-    char *tag;         /* NULL when absent */
-    bool stdin_open;   /* `stdin`; absent means true */
+    char *tag;       /* NULL when absent */
+    bool stdin_open; /* `stdin`; absent means true */
 } proc_start_req_t;
 
 /** ProcessInput kinds. */

@@ -43,8 +43,8 @@ struct report {
 /* Everything the child uses, prepared by the parent. */
 struct plan {
     const char *cmd;
-    char **cands; /* exec candidates, NULL-terminated */
-    char **argv;  /* cmd, args..., NULL */
+    char **cands;   /* exec candidates, NULL-terminated */
+    char **argv;    /* cmd, args..., NULL */
     char **sh_argv; /* "/bin/sh", <candidate>, args..., NULL: for scripts without #! */
     char *const *envp;
     const char *cwd;
@@ -99,10 +99,9 @@ static _Noreturn void child_main(struct plan *p)
     }
     setpriority(PRIO_PROCESS, 0, 0); /* best effort: only root may lower its nice value */
 
-    if (p->setcreds &&
-        (syscall(SYS_setgroups, p->ngroups, p->groups) < 0 ||
-         syscall(SYS_setresgid, p->gid, p->gid, p->gid) < 0 ||
-         syscall(SYS_setresuid, p->uid, p->uid, p->uid) < 0))
+    if (p->setcreds && (syscall(SYS_setgroups, p->ngroups, p->groups) < 0 ||
+                        syscall(SYS_setresgid, p->gid, p->gid, p->gid) < 0 ||
+                        syscall(SYS_setresuid, p->uid, p->uid, p->uid) < 0))
         child_report(p, STEP_CREDS, errno);
     if (chdir(p->cwd) < 0)
         child_report(p, STEP_CWD, errno);
@@ -260,8 +259,8 @@ int proc__spawn(const proc__spawn_cfg_t *cfg, proc__child_t *out, err_t *e)
     int master = -1, slave = -1, pidfd = -1;
     struct plan p = {.cmd = cfg->cmd, .envp = cfg->envp, .cwd = cfg->cwd, .pty = cfg->pty};
     int r = 0;
-    *out = (proc__child_t){.pid = -1, .pidfd = -1, .stdin_fd = -1, .stdout_fd = -1,
-                           .stderr_fd = -1, .pty_fd = -1};
+    *out = (proc__child_t){
+        .pid = -1, .pidfd = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1, .pty_fd = -1};
 
     size_t nargs = 0;
     while (cfg->args[nargs])

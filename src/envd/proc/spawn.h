@@ -12,14 +12,14 @@
 
 /** What to run. Everything is prepared by the caller; the child only makes system calls. */
 typedef struct proc__spawn_cfg {
-    const char *cmd;          /* as requested: a path, or a name searched in envp's PATH */
-    char *const *args;        /* the arguments after argv[0], NULL-terminated */
-    char *const *envp;        /* NULL-terminated "K=V" */
-    const char *cwd;          /* resolved absolute directory */
-    const envd_user_t *user;  /* credentials to take when envd runs as root */
+    const char *cmd;         /* as requested: a path, or a name searched in envp's PATH */
+    char *const *args;       /* the arguments after argv[0], NULL-terminated */
+    char *const *envp;       /* NULL-terminated "K=V" */
+    const char *cwd;         /* resolved absolute directory */
+    const envd_user_t *user; /* credentials to take when envd runs as root */
     bool pty;
     uint16_t cols, rows;
-    bool stdin_pipe;          /* false: stdin is /dev/null */
+    bool stdin_pipe; /* false: stdin is /dev/null */
 } proc__spawn_cfg_t;
 
 /** A started child. Every fd is O_CLOEXEC and owned by the caller. */
