@@ -35,10 +35,14 @@ for t in $targets; do
     mkdir -p "$corpus" "$work/$t/artifacts"
     cp "$root/fuzz/corpus/$t/"* "$corpus/"
     echo "== $t: ${secs}s on $(ls "$corpus" | wc -l) seeds"
-    # -timeout: one input taking over 10 s is a hang; rss limit: a bomb is a bug too.
-    if "$build/fuzz/$t" "$corpus" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
-        -jobs="$jobs" -workers="$jobs" -print_final_stats=1 \
-        -artifact_prefix="$work/$t/artifacts/" >"$work/$t/log" 2>&1; then
+    # -timeout: one input taking over 10 s is a hang; rss limit: a bomb is a bug too. Parallel
+    # jobs write fuzz-<n>.log into the current directory, so run inside the scratch directory.
+    par=
+    [ "$jobs" -gt 1 ] && par="-jobs=$jobs -workers=$jobs"
+    # shellcheck disable=SC2086 # $par is zero or two words
+    if (cd "$work/$t" && "$build/fuzz/$t" "$corpus" -max_total_time="$secs" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1 $par \
+        -artifact_prefix="$work/$t/artifacts/") >"$work/$t/log" 2>&1; then
         grep -E '^stat::number_of_executed_units|^stat::new_units_added' "$work/$t/log" |
             sed "s/^/   /" || true
     else
