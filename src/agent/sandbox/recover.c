@@ -1,0 +1,210 @@
+/* Agent start: re-adopt recorded sandboxes whose VM still runs, clean up the rest, and reap
+ * whatever no record owns (VM processes of our uid range, networks, stray directories). */
+#include "sandbox_int.h"
+#include "log.h"
+#include "xalloc.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The process's start time (field 22 of /proc/<pid>/stat), 0 when it is gone. */
+static uint64_t proc_start_time(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return 0;
+    /* After ") " come fields 3..; the start time is field 22. */
+    int field = 2;
+    for (; *p && field < 22; p++)
+        if (*p == ' ')
+            field++;
+    return strtoull(p, NULL, 10);
+}
+
+/* Whether pid is a QEMU system emulator (by its argv[0]). */
+static bool is_qemu(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    const char *base = strrchr(buf, '/');
+    base = base ? base + 1 : buf;
+    return strncmp(base, "qemu-system", 11) == 0;
+}
+
+/* The real uid of pid, or -1. */
+static long proc_uid(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -1;
+    long uid = -1;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "Uid:", 4) == 0) {
+            uid = strtol(line + 4, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return uid;
+}
+
+static void kill_and_wait(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    /* Not our child after a restart: wait for /proc to let go of it. */
+    for (int i = 0; i < 200 && proc_start_time(pid) != 0; i++) {
+        char path[64], st[512];
+        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            break;
+        ssize_t n = read(fd, st, sizeof st - 1);
+        close(fd);
+        if (n > 0) {
+            st[n] = '\0';
+            const char *p = strrchr(st, ')');
+            if (p && p[1] == ' ' && p[2] == 'Z')
+                break; /* a zombie of someone else's: it no longer holds anything */
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Kill QEMU processes running as one of our per-VM uids that no live sandbox owns. */
+static void reap_stray_vms(sbx_mgr_t *m)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        char *end;
+        long pid = strtol(de->d_name, &end, 10);
+        if (*end || pid <= 1)
+            continue;
+        long uid = proc_uid((pid_t)pid);
+        if (uid < SBX_UID_BASE || uid > SBX_UID_BASE + NET_MAX_SLOTS || !is_qemu((pid_t)pid))
+            continue;
+        bool owned = false;
+        for (size_t i = 0; i < m->ntab && !owned; i++) {
+            vmm_state_t st = {0};
+            if (m->tab[i]->vm)
+                vmm_get_state(m->tab[i]->vm, &st);
+            owned = st.pid == (pid_t)pid;
+        }
+        if (!owned) {
+            log_warn("sandbox.reap_stray_vm", "pid=%ld uid=%ld", pid, uid);
+            kill_and_wait((pid_t)pid);
+        }
+    }
+    closedir(d);
+}
+
+static void adopt_one(sbx_mgr_t *m, const char *name)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/%s", m->sbx_root, name);
+    sbx_t *s = sbx__new();
+    vmm_state_t st = {0};
+    err_t e = {0};
+    int rc = sbx__record_load(dir, s, &st, &e);
+    if (rc == 0 && strcmp(s->id, name) != 0)
+        rc = err_set(&e, -EINVAL, "record id does not match its directory");
+    if (rc == 0) {
+        vmm_spec_t spec;
+        char kernel[512], initrd[512], rootfs[512], cmdline[512], cgroup[512];
+        sbx__spec(m, s, &spec, kernel, initrd, rootfs, cmdline, cgroup, 512);
+        rc = st.pid > 0 ? vmm_qemu_adopt(&spec, &st, &s->vm, &e) : -ESRCH;
+    }
+    if (rc == 0) {
+        s->net_up = true;
+        s->state = SBX_RUNNING;
+        m->slots[s->slot] = 1;
+        sbx__insert(m, s);
+        log_info("sandbox.adopted", "sandbox=%s slot=%d pid=%d", s->id, s->slot, (int)st.pid);
+        sbx__unref(m, s);
+        return;
+    }
+    log_warn("sandbox.cleanup_dead", "sandbox=%s err=\"%s\"", name, e.msg);
+    /* The VM may still run if its control socket is broken: kill that very process. */
+    if (st.pid > 0 && st.start_time && proc_start_time(st.pid) == st.start_time &&
+        is_qemu(st.pid))
+        kill_and_wait(st.pid);
+    if (s->slot > 0) {
+        err_t ne = {0};
+        net_destroy(s->slot, &ne);
+    }
+    sbx__rmrf(dir);
+    sbx__unref(m, s);
+}
+
+int sbx__recover(sbx_mgr_t *m, err_t *e)
+{
+    DIR *d = opendir(m->sbx_root);
+    if (!d)
+        return err_errno(e, "open sandboxes directory");
+    struct dirent *de;
+    char **names = NULL;
+    size_t n = 0;
+    while ((de = readdir(d))) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        names = xrealloc(names, (n + 1) * sizeof *names);
+        names[n++] = xstrdup(de->d_name);
+    }
+    closedir(d);
+    for (size_t i = 0; i < n; i++) {
+        char path[600];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", m->sbx_root, names[i]);
+        if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode) && sbx_safe_name(names[i])) {
+            adopt_one(m, names[i]);
+        } else {
+            log_warn("sandbox.reap_stray_file", "path=%s", path);
+            if (S_ISDIR(sb.st_mode))
+                sbx__rmrf(path);
+            else
+                unlink(path);
+        }
+        free(names[i]);
+    }
+    free(names);
+
+    reap_stray_vms(m);
+    int keep[NET_MAX_SLOTS > 4096 ? 4096 : NET_MAX_SLOTS];
+    int nkeep = 0;
+    for (size_t i = 0; i < m->ntab && nkeep < (int)(sizeof keep / sizeof keep[0]); i++)
+        keep[nkeep++] = m->tab[i]->slot;
+    err_t ne = {0};
+    if (net_reap_leftovers(keep, nkeep, &ne) < 0)
+        log_warn("sandbox.net_reap_failed", "err=\"%s\"", ne.msg);
+    return 0;
+}
