@@ -63,7 +63,9 @@ describe('files.watchDir', () => {
     writeFileSync(join(d, 'after-stop.txt'), 'x');
     await sleep(500);
     assert.equal(w.events.length, n, `events after stop(): ${JSON.stringify(w.events.slice(n))}`);
-    assert.equal(w.exitErr, undefined, `onExit error: ${describeErr(w.exitErr)}`);
+    // stop() aborts the stream; the SDK reports that abort to onExit as "[canceled]". Anything
+    // else would be an error that came from envd.
+    if (w.exitErr) assert.match(w.exitErr.message, /canceled/, `onExit error: ${describeErr(w.exitErr)}`);
   });
 
   it('reports the creation and removal of a subdirectory', T, async () => {
