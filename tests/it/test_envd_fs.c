@@ -1,6 +1,7 @@
 /* envd filesystem.Filesystem service against the running binary: Stat, MakeDir, Move, Remove,
  * ListDir, WatchDir, the watcher trio, acting as another user, and protocol edge cases. */
 #include "harness.h"
+#include "xalloc.h"
 
 /* ENVD_UPLOAD_TMP_PREFIX */
 #define ENVD_UPLOAD_TMP_PREFIX ".wrenn-upload-"
@@ -57,8 +58,7 @@ static char *tpath(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(rel, sizeof rel, fmt, ap);
     va_end(ap);
-    char *p = malloc(strlen(tmp) + strlen(rel) + 2);
-    sprintf(p, "%s/%s", tmp, rel);
+    char *p = xasprintf("%s/%s", tmp, rel);
     return p;
 }
 
@@ -84,8 +84,7 @@ static char *basic(const char *user)
     char raw[128];
     snprintf(raw, sizeof raw, "%s:", user);
     char *b = th_b64(raw, strlen(raw));
-    char *h = malloc(strlen(b) + 32);
-    sprintf(h, "Authorization: Basic %s", b);
+    char *h = xasprintf("Authorization: Basic %s", b);
     free(b);
     return h;
 }
@@ -324,8 +323,7 @@ static void test_remove(void **state)
     mkdir(keep, 0755);
     write_file(keepf, "keep");
     char *t = tpath("rm-tree");
-    char *cmd = malloc(4096);
-    sprintf(cmd, "mkdir -p %s/a/b/c && echo x > %s/a/b/c/f && echo y > %s/a/g && ln -s %s %s/a/out",
+    char *cmd = xasprintf("mkdir -p %s/a/b/c && echo x > %s/a/b/c/f && echo y > %s/a/g && ln -s %s %s/a/out",
             t, t, t, keep, t);
     assert_int_equal(th_sh(cmd), 0);
     free(cmd);
@@ -358,9 +356,7 @@ static void test_list_dir(void **state)
     (void)state;
     long st;
     char *root = tpath("ls");
-    char *cmd = malloc(strlen(root) * 8 + 512);
-    sprintf(cmd,
-            "mkdir -p %s/d1/d2/d3 && echo a > %s/a.txt && echo b > %s/d1/b.txt && "
+    char *cmd = xasprintf("mkdir -p %s/d1/d2/d3 && echo a > %s/a.txt && echo b > %s/d1/b.txt && "
             "echo c > %s/d1/d2/c.txt && echo deep > %s/d1/d2/d3/deep.txt && ln -s d1 %s/link && "
             "ln -s %s %s-rootlink",
             root, root, root, root, root, root, root, root);
@@ -403,8 +399,7 @@ static void test_list_dir(void **state)
     /* The root may be a symlink: followed, and paths stay under the requested name. */
     j = call("ListDir", &st, "{\"path\":\"%s-rootlink\",\"depth\":2}", root);
     assert_int_equal(st, 200);
-    char *via = malloc(strlen(root) + 64);
-    sprintf(via, "%s-rootlink/d1/b.txt", root);
+    char *via = xasprintf("%s-rootlink/d1/b.txt", root);
     assert_non_null(find_entry(j, via));
     free(via);
     json_decref(j);
@@ -629,8 +624,7 @@ static const seen_t *record(wctx_t *x, json_t *m)
 
 static char *in(const wctx_t *x, const char *rel)
 {
-    char *p = malloc(strlen(x->dir) + strlen(rel) + 2);
-    sprintf(p, "%s/%s", x->dir, rel);
+    char *p = xasprintf("%s/%s", x->dir, rel);
     return p;
 }
 
@@ -747,8 +741,7 @@ static int rec_on_msg(void *ud, json_t *m)
         AT(x, "sub/g", unlink(p_));
         /* A tree made faster than envd can add watches: what it misses it reports by scan. */
         char *cmd = in(x, "");
-        char *c2 = malloc(strlen(cmd) * 2 + 128);
-        sprintf(c2, "mkdir -p %s/sub/x/y/z && echo deep > %s/sub/x/y/z/deep", cmd, cmd);
+        char *c2 = xasprintf("mkdir -p %s/sub/x/y/z && echo deep > %s/sub/x/y/z/deep", cmd, cmd);
         assert_int_equal(th_sh(c2), 0);
         free(c2);
         free(cmd);
@@ -765,13 +758,10 @@ static int rec_on_msg(void *ud, json_t *m)
         close(fd);
         AT(x, "sub/moved/y/new", write_file(p_, ""));
         /* A tree built elsewhere and moved in: only a scan can report what it holds. */
-        char *outside = malloc(strlen(x->dir) + 64);
-        sprintf(outside, "%s-outside", x->dir);
-        char *cmd = malloc(strlen(outside) * 2 + 64);
-        sprintf(cmd, "mkdir -p %s/t/u && echo f > %s/t/u/file", outside, outside);
+        char *outside = xasprintf("%s-outside", x->dir);
+        char *cmd = xasprintf("mkdir -p %s/t/u && echo f > %s/t/u/file", outside, outside);
         assert_int_equal(th_sh(cmd), 0);
-        char *from = malloc(strlen(outside) + 8), *to = in(x, "sub/t");
-        sprintf(from, "%s/t", outside);
+        char *from = xasprintf("%s/t", outside), *to = in(x, "sub/t");
         assert_int_equal(rename(from, to), 0);
         free(cmd), free(from), free(to), free(outside);
         AT(x, "sub/zz-end2", write_file(p_, ""));
