@@ -385,19 +385,21 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return MHD_YES;
         }
         r->max_body = r->route->max_body ? r->route->max_body : HTTP_DEFAULT_MAX_BODY;
-        if (!r->route->on_body) {
-            if (cl && strtoull(cl, NULL, 10) > r->max_body) {
-                err_set(&e, -EMSGSIZE, "request body larger than %zu bytes", r->max_body);
-                respond_err(r, -EMSGSIZE, &e);
-                r->early = true;
-                return MHD_YES;
-            }
-        }
+        /* Authentication and other header checks come first: a caller without credentials
+         * learns nothing about the route's limits. */
         if (r->route->on_headers) {
             int rc = r->route->on_headers(r, r->route->ud, &e);
             if (rc < 0) {
                 respond_err(r, rc, &e);
                 r->early = has_body;
+                return MHD_YES;
+            }
+        }
+        if (!r->route->on_body) {
+            if (cl && strtoull(cl, NULL, 10) > r->max_body) {
+                err_set(&e, -EMSGSIZE, "request body larger than %zu bytes", r->max_body);
+                respond_err(r, -EMSGSIZE, &e);
+                r->early = true;
                 return MHD_YES;
             }
         }

@@ -68,7 +68,7 @@ const char *http_req_method(const http_req_t *r);
 const char *http_req_path(const http_req_t *r);
 /** A header value (case-insensitive name), or NULL. */
 const char *http_req_header(const http_req_t *r, const char *name);
-/** A query argument, percent-decoded, or NULL. has_query() tells "absent" from "empty". */
+/** A query argument, percent-decoded, or NULL when absent ("" when present but empty). */
 const char *http_req_query(const http_req_t *r, const char *name);
 /** Call fn for every query argument in order (repeated names included), percent-decoded. */
 void http_req_query_each(const http_req_t *r,

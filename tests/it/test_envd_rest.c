@@ -179,6 +179,16 @@ static void test_access_token(void **state)
     const char *good[] = {"X-Access-Token: s3cret-token", NULL};
     assert_int_equal(th_http(&envd, "GET", "/envs", good, NULL, 0, &r), 0);
     assert_int_equal(r.status, 200);
+    /* Credentials are checked before size: a 5 MiB body without a token is a 401, not a 413. */
+    {
+        size_t n = 5u << 20;
+        char *big = calloc(1, n);
+        memset(big, ' ', n);
+        const char *h[] = {"Content-Type: application/json", NULL};
+        assert_int_equal(th_http(&envd, "POST", "/process.Process/List", h, big, n, &r), 0);
+        assert_int_equal(r.status, 401);
+        free(big);
+    }
     /* /health stays open. */
     assert_int_equal(th_http(&envd, "GET", "/health", NULL, NULL, 0, &r), 0);
     assert_int_equal(r.status, 204);
