@@ -142,7 +142,17 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
         vmm_spec_t spec;
         char kernel[512], initrd[512], rootfs[512], cmdline[512], cgroup[512];
         sbx__spec(m, s, &spec, kernel, initrd, rootfs, cmdline, cgroup, 512);
-        rc = st.pid > 0 ? vmm_qemu_adopt(&spec, &st, &s->vm, &e) : -ESRCH;
+        rc = st.pid > 0 ? vmm_qemu_adopt(&spec, &st, &s->vm, &e)
+                        : err_set(&e, -ESRCH, "record has no VM process");
+        if (rc == 0 && !net_exists(s->slot)) {
+            /* Unreachable without its network: treat it as dead. */
+            err_t se = {0};
+            vmm_stop(s->vm, 1000, &se);
+            s->vm = NULL;
+            rc = err_set(&e, -ENOENT, "its network is gone");
+        }
+        if (rc < 0)
+            vmm_qemu_cleanup(&spec, NULL);
     }
     if (rc == 0) {
         s->net_up = true;

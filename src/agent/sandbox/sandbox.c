@@ -629,6 +629,7 @@ void sbx_mgr_free(sbx_mgr_t *m)
     }
     /* VM handles are dropped without stopping the VMs: the next agent re-adopts them. */
     for (size_t i = 0; i < m->ntab; i++) {
+        vmm_release(m->tab[i]->vm);
         pthread_mutex_destroy(&m->tab[i]->lock);
         free(m->tab[i]);
     }

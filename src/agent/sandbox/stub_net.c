@@ -43,3 +43,15 @@ int net_reap_leftovers(const int *keep, int nkeep, err_t *e)
     (void)e;
     return 0;
 }
+
+int net_tap_open(int slot, err_t *e)
+{
+    (void)slot;
+    return err_set(e, -ENOSYS, "this build has no network module");
+}
+
+bool net_exists(int slot)
+{
+    (void)slot;
+    return false;
+}

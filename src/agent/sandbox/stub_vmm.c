@@ -51,3 +51,15 @@ const char *vmm_qemu_accel(void)
 {
     return "none";
 }
+
+int vmm_qemu_cleanup(const vmm_spec_t *spec, err_t *e)
+{
+    (void)spec;
+    (void)e;
+    return 0;
+}
+
+void vmm_release(vmm_vm_t *vm)
+{
+    (void)vm;
+}
