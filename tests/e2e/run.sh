@@ -191,7 +191,7 @@ for sdk in $sdks; do
     start_envd "$sdk"
     echo "# e2e: SDK $sdk (e2b@$ver) against $bin"
     out="$work/tap-$sdk.txt"
-    E2B_DEBUG=true E2E_SDK_PKG=$sdk E2E_TMP="$work/fs" \
+    E2B_DEBUG=true E2E_SDK_PKG=$sdk E2E_TMP="$work/fs" E2E_ENVD_BIN="$bin" \
         timeout --kill-after=10 "$run_timeout" \
         node --test --test-reporter=tap "${files[@]}" 2>&1 | tee "$out"
     rc=${PIPESTATUS[0]}
