@@ -40,10 +40,16 @@ bool ta_have_vms(void)
     return access(p, X_OK) == 0;
 }
 
+/* Run argv with its stdout sent to our stderr (stdout carries TAP). */
 static int run(char *const argv[])
 {
     pid_t pid;
-    if (posix_spawn(&pid, argv[0], NULL, NULL, argv, environ) != 0)
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, 2, 1);
+    int r = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (r != 0)
         return -1;
     int st = 0;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
