@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Build Wrenn's guest kernel and root images from Debian packages. Run as root.
 #
-#   images/build.sh NAME ROOT [--envd PATH]
+#   images/build.sh NAME ROOT [--envd PATH] [--check]
+#
+#   --check  build nothing: exit 0 if NAME can be built here, else print why and exit 3 (for base:
+#            debootstrap installed, and a cached tree or an apt mirror for the suite that answers).
 #
 #   kernel   ROOT/kernels/<kver>/{vmlinux,initramfs.cpio,image.json}, ROOT/kernels/current -> <kver>
 #            Debian's pinned cloud kernel (apt-get download + dpkg -x, never installed on the
@@ -86,7 +89,7 @@ cleanup() {
   fi
   local d
   for d in "${TMPS[@]}"; do remove_tree "$d"; done
-  if [ "$rc" != 0 ]; then printf 'images %s: failed, nothing was installed\n' "$NAME" >&2; fi
+  if [ "$rc" != 0 ] && [ "$rc" != 3 ]; then printf 'images %s: failed, nothing was installed\n' "$NAME" >&2; fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -111,9 +114,9 @@ remove_tree() {
 
 new_tmp() { # new_tmp PARENT LABEL VAR: make PARENT/.tmp-LABEL-<pid>, removed on exit; VAR := it
   local d="$1/.tmp-$2-$$"
+  TMPS+=("$d") # before it exists: a signal may be handled right after mkdir returns
   remove_tree "$d"
   mkdir -p "$d"
-  TMPS+=("$d")
   printf -v "$3" '%s' "$d"
 }
 
@@ -693,47 +696,84 @@ do_base() {
 
 # ---- Main --------------------------------------------------------------------------------------
 usage() {
-  echo "usage: $0 {kernel|minimal|base} ROOT [--envd PATH]" >&2
+  echo "usage: $0 {kernel|minimal|base} ROOT [--envd PATH] [--check]" >&2
   exit 2
 }
-(($# >= 2)) || usage
-NAME=$1
-ROOT=$2
-shift 2
-ENVD_ARG=
-while (($#)); do
-  case "$1" in
-  --envd)
-    (($# >= 2)) || usage
-    ENVD_ARG=$2
-    shift 2
-    ;;
-  --envd=*)
-    ENVD_ARG=${1#--envd=}
-    shift
-    ;;
-  *) usage ;;
-  esac
-done
-case "$NAME" in kernel | minimal | base) ;; *) usage ;; esac
-[ "$(id -u)" = 0 ] || die "run as root (mknod, chown and debootstrap need it)"
-for tool in apt-get dpkg cpio lz4 mkfs.ext4 flock setsid sha256sum od; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (scripts/deps.sh installs it)"
-done
-BUSYBOX=${WRENN_BUSYBOX:-/bin/busybox}
-[ -x "$BUSYBOX" ] || die "$BUSYBOX is missing (apt-get install busybox-static)"
-if ldd "$BUSYBOX" >/dev/null 2>&1; then die "$BUSYBOX is dynamically linked: install busybox-static"; fi
-mkdir -p "$ROOT"
-ROOT=$(realpath "$ROOT")
-mkdir -p "$CACHE"
 
-do_kernel
-if [ "$NAME" != kernel ]; then
-  ENVD_BIN=${ENVD_ARG:-${WRENN_ENVD_BIN:-$HERE/../build/src/envd/wrenn-envd}}
-  [ -x "$ENVD_BIN" ] || die "wrenn-envd not found at $ENVD_BIN (build it, or pass --envd PATH)"
-  ENVD_BIN=$(realpath "$ENVD_BIN")
-  mapfile -t CLOSURE < <(envd_closure)
-  ((${#CLOSURE[@]})) || die "no libraries found for $ENVD_BIN"
-  "do_$NAME"
-fi
-say "done"
+# --check: can NAME be built on this machine? Prints the reason and exits 3 when it cannot.
+check_buildable() {
+  local mirror c
+  cannot() {
+    printf 'images %s: cannot build: %s\n' "$NAME" "$*"
+    exit 3
+  }
+  [ "$(id -u)" = 0 ] || cannot "not running as root"
+  if [ "$NAME" = base ]; then
+    command -v debootstrap >/dev/null || cannot "debootstrap is not installed"
+    mirror=$(host_mirror) || cannot "no apt source for $DEBIAN_SUITE in /etc/apt (set WRENN_DEBIAN_MIRROR)"
+    c="$CACHE/debootstrap-$(tree_hash)"
+    if [ ! -d "$c/tree" ]; then
+      if command -v curl >/dev/null; then
+        curl -fsS -o /dev/null --max-time 30 "$mirror/dists/$DEBIAN_SUITE/Release" ||
+          cannot "mirror $mirror does not answer for $DEBIAN_SUITE"
+      elif command -v wget >/dev/null; then
+        wget -q -O /dev/null -T 30 "$mirror/dists/$DEBIAN_SUITE/Release" ||
+          cannot "mirror $mirror does not answer for $DEBIAN_SUITE"
+      fi
+    fi
+  fi
+  printf 'images %s: can be built\n' "$NAME"
+  exit 0
+}
+main() {
+  (($# >= 2)) || usage
+  NAME=$1
+  ROOT=$2
+  shift 2
+  ENVD_ARG=
+  CHECK=0
+  while (($#)); do
+    case "$1" in
+    --check)
+      CHECK=1
+      shift
+      ;;
+    --envd)
+      (($# >= 2)) || usage
+      ENVD_ARG=$2
+      shift 2
+      ;;
+    --envd=*)
+      ENVD_ARG=${1#--envd=}
+      shift
+      ;;
+    *) usage ;;
+    esac
+  done
+  case "$NAME" in kernel | minimal | base) ;; *) usage ;; esac
+  if ((CHECK)); then check_buildable; fi
+  [ "$(id -u)" = 0 ] || die "run as root (mknod, chown and debootstrap need it)"
+  for tool in apt-get dpkg cpio lz4 mkfs.ext4 flock setsid sha256sum od; do
+    command -v "$tool" >/dev/null || die "$tool is not installed (scripts/deps.sh installs it)"
+  done
+  BUSYBOX=${WRENN_BUSYBOX:-/bin/busybox}
+  [ -x "$BUSYBOX" ] || die "$BUSYBOX is missing (apt-get install busybox-static)"
+  if ldd "$BUSYBOX" >/dev/null 2>&1; then die "$BUSYBOX is dynamically linked: install busybox-static"; fi
+  mkdir -p "$ROOT"
+  ROOT=$(realpath "$ROOT")
+  mkdir -p "$CACHE"
+
+  do_kernel
+  if [ "$NAME" != kernel ]; then
+    ENVD_BIN=${ENVD_ARG:-${WRENN_ENVD_BIN:-$HERE/../build/src/envd/wrenn-envd}}
+    [ -x "$ENVD_BIN" ] || die "wrenn-envd not found at $ENVD_BIN (build it, or pass --envd PATH)"
+    ENVD_BIN=$(realpath "$ENVD_BIN")
+    mapfile -t CLOSURE < <(envd_closure)
+    ((${#CLOSURE[@]})) || die "no libraries found for $ENVD_BIN"
+    "do_$NAME"
+  fi
+  say "done"
+}
+
+# Everything above is parsed before anything runs, so editing this file during a build is safe.
+main "$@"
