@@ -131,6 +131,14 @@ int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e)
 
 /* ---- process.Process/Start ------------------------------------------------------------- */
 
+/* A guest's Connect error code as ours. The guest refusing our own credentials is our fault,
+ * not the caller's: that is internal, never unauthenticated. */
+static int guest_code(const char *code)
+{
+    int rc = code ? err_from_connect(code) : -EIO;
+    return rc == -ENOKEY || rc == -EKEYREJECTED || rc == -EACCES || rc == -EPERM ? -EIO : rc;
+}
+
 struct exec_ctx {
     const envdc_exec_cb_t *cb;
     void *ud;
@@ -222,8 +230,8 @@ static int exec_on_data(void *ud, const char *data, size_t len)
             if (er) {
                 const char *code = json_string_value(json_object_get(er, "code"));
                 const char *m = json_string_value(json_object_get(er, "message"));
-                x->err = err_set(&x->e, err_from_connect(code ? code : "unknown"),
-                                 "exec: guest: %.160s", m ? m : (code ? code : "error"));
+                x->err = err_set(&x->e, guest_code(code), "guest: %.160s",
+                                 m ? m : (code ? code : "error"));
             }
         } else if (msg) {
             rc = exec_event(x, msg);
@@ -260,7 +268,7 @@ int envdc_exec(const envdc_t *c, const envdc_exec_req_t *r, const envdc_exec_cb_
     snprintf(cred, sizeof cred, "%s:", user);
     size_t cl = strlen(cred);
     char enc[180];
-    b64_encode(cred, cl, enc, true);
+    enc[b64_encode(cred, cl, enc, true)] = '\0';
     snprintf(auth, sizeof auth, "Authorization: Basic %s", enc);
     snprintf(url, sizeof url, "%s/process.Process/Start", c->base);
     snprintf(tok, sizeof tok, "X-Access-Token: %s", c->token);
@@ -294,8 +302,7 @@ int envdc_exec(const envdc_t *c, const envdc_exec_req_t *r, const envdc_exec_cb_
         json_t *j = json_loadb(x.in.data ? x.in.data : "", x.in.len, 0, NULL);
         const char *code = j ? json_string_value(json_object_get(j, "code")) : NULL;
         const char *m = j ? json_string_value(json_object_get(j, "message")) : NULL;
-        rc = err_set(e, code ? err_from_connect(code) : -EIO, "exec: guest answered %ld: %.160s",
-                     resp.status, m ? m : "");
+        rc = err_set(e, guest_code(code), "guest answered %ld: %.160s", resp.status, m ? m : "");
         json_decref(j);
     } else if (rc == 0 && !x.ended) {
         rc = err_set(e, -EIO, "exec: the guest stream ended without an end event");

@@ -252,10 +252,8 @@ static int m_exec(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
     sbx_touch(r->mgr, x.id, NULL);
     if (rc == -ECANCELED)
         rc = err_set(e, -EMSGSIZE, "exec output exceeds %u bytes", RPC_MAX_EXEC_OUTPUT);
-    if (rc < 0) {
-        err_wrap(e, "exec");
+    if (rc < 0)
         goto out;
-    }
     *out = json_object();
     json_object_set_new(*out, "stdout", rpc__b64(k.out.data, k.out.len));
     json_object_set_new(*out, "stderr", rpc__b64(k.err.data, k.err.len));
@@ -338,18 +336,49 @@ out:
     return rc;
 }
 
+/* Log a failed call once, here where it is answered (clients see only the public message of
+ * internal errors). */
+int rpc__log_fail(const char *method, const char *id, int rc, const err_t *e)
+{
+    err_status_t st = err_status(rc);
+    if (st.http >= 500)
+        log_warn("rpc.failed", "method=%s sandbox=%s code=%s err=\"%s\"", method, id ? id : "",
+                 st.connect, e && e->msg[0] ? e->msg : st.fallback);
+    else
+        log_debug("rpc.rejected", "method=%s sandbox=%s code=%s err=\"%s\"", method,
+                  id ? id : "", st.connect, e && e->msg[0] ? e->msg : st.fallback);
+    return rc;
+}
+
+#define LOGGED(name, fn)                                                                           \
+    static int fn##_logged(connect_call_t *c, const json_t *in, json_t **out, err_t *e)            \
+    {                                                                                              \
+        int rc = fn(c, in, out, e);                                                                \
+        return rc < 0 ? rpc__log_fail(name, json_string_value(pjson_get(in, "sandboxId")), rc, e)  \
+                      : rc;                                                                        \
+    }
+LOGGED("CreateSandbox", m_create)
+LOGGED("DestroySandbox", m_destroy)
+LOGGED("ListSandboxes", m_list)
+LOGGED("GetSandbox", m_get)
+LOGGED("SetTimeout", m_set_timeout)
+LOGGED("Ping", m_ping)
+LOGGED("Exec", m_exec)
+LOGGED("ReadFile", m_read_file)
+LOGGED("WriteFile", m_write_file)
+
 static const connect_method_t methods[] = {
-    {RPC_SERVICE "CreateSandbox", m_create, NULL},
-    {RPC_SERVICE "DestroySandbox", m_destroy, NULL},
-    {RPC_SERVICE "ListSandboxes", m_list, NULL},
-    {RPC_SERVICE "GetSandbox", m_get, NULL},
-    {RPC_SERVICE "SetTimeout", m_set_timeout, NULL},
-    {RPC_SERVICE "Ping", m_ping, NULL},
-    {RPC_SERVICE "PingSandbox", m_ping, NULL},
-    {RPC_SERVICE "Exec", m_exec, NULL},
+    {RPC_SERVICE "CreateSandbox", m_create_logged, NULL},
+    {RPC_SERVICE "DestroySandbox", m_destroy_logged, NULL},
+    {RPC_SERVICE "ListSandboxes", m_list_logged, NULL},
+    {RPC_SERVICE "GetSandbox", m_get_logged, NULL},
+    {RPC_SERVICE "SetTimeout", m_set_timeout_logged, NULL},
+    {RPC_SERVICE "Ping", m_ping_logged, NULL},
+    {RPC_SERVICE "PingSandbox", m_ping_logged, NULL},
+    {RPC_SERVICE "Exec", m_exec_logged, NULL},
     {RPC_SERVICE "ExecStream", NULL, rpc__exec_stream},
-    {RPC_SERVICE "ReadFile", m_read_file, NULL},
-    {RPC_SERVICE "WriteFile", m_write_file, NULL},
+    {RPC_SERVICE "ReadFile", m_read_file_logged, NULL},
+    {RPC_SERVICE "WriteFile", m_write_file_logged, NULL},
     {RPC_SERVICE "ReadFileStream", NULL, rpc__read_stream},
 };
 
@@ -358,7 +387,7 @@ size_t rpc_routes(rpc_t *rpc, http_route_t *routes, size_t max)
     size_t n = 0;
     for (size_t i = 0; i < sizeof methods / sizeof methods[0] && n < max; i++, n++) {
         connect_route(&routes[n], &rpc->bindings[n], &methods[i], rpc__check, rpc);
-        if (methods[i].unary == m_write_file)
+        if (methods[i].unary == m_write_file_logged)
             routes[n].max_body = RPC_MAX_UNARY_FILE;
     }
     if (n < max)

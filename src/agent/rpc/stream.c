@@ -219,8 +219,10 @@ static void *exec_worker(void *ud)
     envdc_exec_cb_t cb = {ev_start, ev_output, ev_end};
     int rc = envdc_exec(&p->target, &q, &cb, p, &e);
     sbx_touch(p->rpc->mgr, p->id, NULL);
-    if (rc < 0 && !cancelled(p))
+    if (rc < 0 && !cancelled(p)) {
         err_wrap(&e, "exec stream");
+        rpc__log_fail("ExecStream", p->id, rc, &e);
+    }
     finish(p, rc, &e);
     pump_unref(p);
     return NULL;
@@ -286,6 +288,8 @@ static void *read_worker(void *ud)
     if (rc == 0 && p->chunk.len && flush_chunk(p) < 0)
         rc = err_set(&e, -ECANCELED, "client went away");
     sbx_touch(p->rpc->mgr, p->id, NULL);
+    if (rc < 0 && !cancelled(p))
+        rpc__log_fail("ReadFileStream", p->id, rc, &e);
     finish(p, rc, &e);
     pump_unref(p);
     return NULL;
@@ -505,6 +509,8 @@ static void ws_handle(http_req_t *req, void *ud)
     }
     if (w->id)
         sbx_touch(((rpc_t *)ud)->mgr, w->id, NULL);
+    if (rc < 0)
+        rpc__log_fail("WriteFileStream", w->id, rc, &e);
     ws_respond(req, rc, &e);
 }
 
