@@ -131,8 +131,14 @@ start_envd() {
     envd_log="$work/envd-$tag.log"
     rm -rf "$work/run-$tag"
     mkdir -p "$work/run-$tag"
-    "$bin" --port "$envd_port" --run-dir "$work/run-$tag" --log-level "${E2E_ENVD_LOG_LEVEL:-info}" \
-        >"$envd_log" 2>&1 &
+    # envd treats every WRENN_ENVD_* variable as configuration and refuses unknown ones, so our
+    # own WRENN_ENVD_BIN (and anything else of that prefix) must not reach it.
+    local unset=() v
+    for v in $(compgen -e); do
+        [[ $v == WRENN_ENVD_* ]] && unset+=(-u "$v")
+    done
+    env "${unset[@]}" "$bin" --port "$envd_port" --run-dir "$work/run-$tag" \
+        --log-level "${E2E_ENVD_LOG_LEVEL:-info}" >"$envd_log" 2>&1 &
     envd_pid=$!
     # Wait for /health on both loopback families (the SDK's "localhost" may be either).
     for _ in $(seq 100); do
@@ -221,6 +227,12 @@ for sdk in $sdks; do
     fi
     stop_proxy
     stop_envd
+    # A sanitizer build (CI runs the ASan+UBSan envd) reports memory errors and leaks on stderr.
+    if grep -qE 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$envd_log"; then
+        echo "# e2e: envd's sanitizer reported errors during the $sdk run:"
+        grep -E -A 12 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$envd_log" | head -n 60 | sed 's/^/#    /'
+        fail=$((fail + 1))
+    fi
     echo "# e2e: $sdk: $pass passed, $fail failed"
     total_pass=$((total_pass + pass))
     total_fail=$((total_fail + fail))

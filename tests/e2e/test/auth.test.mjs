@@ -39,6 +39,8 @@ before(async () => {
   const log = openSync(join(dir, 'envd.log'), 'w');
   envd = spawn(BIN, ['--port', '0', '--addr', '127.0.0.1', '--port-file', portFile, '--run-dir', join(dir, 'run')], {
     stdio: ['ignore', log, log],
+    // envd refuses unknown WRENN_ENVD_* variables, e.g. the runner's WRENN_ENVD_BIN.
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WRENN_ENVD_'))),
   });
   closeSync(log);
   await waitFor(() => existsSync(portFile) && readFileSync(portFile, 'utf8').trim(), 10_000, 'envd port file').catch(
