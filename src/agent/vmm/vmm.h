@@ -1,13 +1,41 @@
 /* The VMM driver interface: how the host agent starts, stops and inspects one VM.
  *
+ * Changes to the given interface (all additive): vmm_spec_t.qemu_bin (optional binary path);
+ * vmm_release() (drop a handle without stopping the VM, what an agent restart does);
+ * vmm_qemu_cleanup() (remove what a dead VM left: cgroups, QMP socket); vmm_qmp(),
+ * vmm_pause(), vmm_resume(), vmm_query_status() (the QMP calls the snapshot work builds on).
+ *
  * Two drivers implement it: qemu (QEMU microvm over QMP; what runs on every machine) and,
  * later, firecracker. A driver owns its VM process; callers see only vmm_vm_t.
  * Thread-safety: one vmm_vm_t is used by one thread at a time (the sandbox's lock orders calls).
+ *
+ * QEMU driver, how a VM runs (see qemu.c for the details):
+ * - Files in run_dir: qmp.sock (the QMP socket: created and bound by the agent, root-owned 0600,
+ *   its listening fd handed to QEMU), console.log (guest serial console), mem (guest RAM,
+ *   memory-backend-file share=on, sparse, as large as memory_mb; kept after stop for snapshots),
+ *   vmm.log (QEMU's own stderr, root-owned). console.log, mem and the root disk are chowned to
+ *   uid:gid. The caller removes run_dir.
+ * - Network: the driver opens the tap itself (as root, inside netns, TUNSETIFF on spec->tap) and
+ *   hands QEMU the fd, so the tap's owner does not matter and QEMU never sees /dev/net/tun. The
+ *   caller creates netns and the tap (persistent, IFF_TAP|IFF_NO_PI, not multi-queue) first.
+ * - Confinement: QEMU runs as uid:gid (no supplementary groups, no capabilities, no_new_privs),
+ *   with `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`, in
+ *   netns, in new mount, PID, IPC and UTS namespaces, and in cgroup spec->cgroup (memory, cpu,
+ *   pids; see cg.h) created under the agent's own cgroups with limits from vcpus and memory_mb.
+ *   Its root is a read-only tmpfs that holds only: the kernel, initrd and backing images
+ *   (read-only), the root disk, console.log and mem (read-write, noexec), the QEMU binary, the
+ *   shared libraries of /usr/lib/<multiarch> and QEMU's firmware directories (read-only),
+ *   /dev/null, /dev/zero, /dev/urandom (and /dev/kvm under KVM). No /proc, /sys, /etc, /home,
+ *   /root, no other sandbox's files, no other process (it is PID 1 of its own namespace).
+ * - Supervision: a pidfd from clone3(CLONE_PIDFD). The agent must not reap children with a
+ *   blanket waitpid(-1): vmm_stop() reaps its own VM.
  */
 #ifndef WRENN_AGENT_VMM_H
 #define WRENN_AGENT_VMM_H
 
+#include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -15,43 +43,61 @@
 
 typedef struct vmm_vm vmm_vm_t;
 
-/** Everything needed to start a VM. Paths are absolute host paths. */
+/** Everything needed to start a VM. Paths are absolute host paths, without "." or ".."
+ * components or doubled slashes (they are mirrored into the VMM's private root as they are). */
 typedef struct vmm_spec {
-    const char *id;          /* sandbox id, used in names and logs */
-    const char *run_dir;     /* the sandbox's own directory: QMP socket, console log, RAM file */
-    const char *kernel;      /* PVH vmlinux (or bzImage) */
-    const char *initrd;      /* initramfs that loads the virtio modules and switches root */
-    const char *rootfs;      /* the sandbox's root disk (a qcow2 overlay for QEMU) */
+    const char *id;            /* sandbox id ([A-Za-z0-9_-], at most 64), used in names and logs */
+    const char *run_dir;       /* the sandbox's own directory: QMP socket, console log, RAM file */
+    const char *kernel;        /* PVH vmlinux (or bzImage) */
+    const char *initrd;        /* initramfs that loads the virtio modules and switches root */
+    const char *rootfs;        /* the sandbox's root disk (a qcow2 overlay for QEMU) */
     const char *rootfs_format; /* "qcow2" or "raw" */
-    const char *cmdline;     /* extra kernel command line (the driver adds its own tuning) */
-    const char *netns;       /* network namespace name the VM runs in (NULL: the agent's own) */
-    const char *tap;         /* tap device inside netns ("tap0") */
-    const char *mac;         /* guest MAC, e.g. "02:fc:00:00:00:01" */
-    unsigned vcpus;
-    unsigned memory_mb;
-    uid_t uid;               /* unprivileged identity to run the VMM as (0: do not drop) */
+    const char *cmdline;       /* extra kernel command line; the driver adds console=ttyS0,
+                                * root=/dev/vda, rw, its boot tuning and tsc_early_khz/lpj from the
+                                * host, each only when cmdline does not already set that key */
+    const char *netns;         /* network namespace name the VM runs in (NULL: the agent's own) */
+    const char *tap;           /* tap device inside netns ("tap0"); NULL: no network device */
+    const char *mac;           /* guest MAC, e.g. "02:fc:00:00:00:01" */
+    unsigned vcpus;            /* 1..64 */
+    unsigned memory_mb;        /* 64..262144 */
+    uid_t uid;                 /* unprivileged identity to run the VMM as (0: do not drop) */
     gid_t gid;
-    const char *cgroup;      /* cgroup (v2 path or v1 leaf name) to run in, NULL: none */
+    const char *cgroup;   /* cgroup leaf name created under the agent's own cgroup in each
+                           * hierarchy (see cg.h), NULL: none */
+    const char *qemu_bin; /* NULL: /usr/bin/qemu-system-x86_64 */
 } vmm_spec_t;
 
 /** What the agent persists to re-adopt a VM after its own restart. */
 typedef struct vmm_state {
-    pid_t pid;               /* VMM process id */
-    uint64_t start_time;     /* the process's start time (from /proc/<pid>/stat), to detect
-                              * pid reuse */
+    pid_t pid;           /* VMM process id */
+    uint64_t start_time; /* the process's start time (from /proc/<pid>/stat), to detect
+                          * pid reuse */
 } vmm_state_t;
 
 /** Start a VM from spec; returns once the VMM process answers its control socket (not when
- * the guest has booted). On failure nothing is left running. */
+ * the guest has booted). On failure nothing is left running and the files and cgroups made
+ * here are removed (vmm.log stays, for diagnosis); e says why, with QEMU's own error line when
+ * it exited. Errors: -EINVAL (bad spec), -ENOENT (missing file or netns), -ENODEV (no tap),
+ * -ESRCH (QEMU exited at once), -ETIMEDOUT (no QMP greeting within 15 s). */
 int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e);
 
 /** Re-adopt a VM this agent started before it restarted: checks the pid is still that VMM (same
- * start time and command) and reconnects its control socket. -ESRCH when it is gone. */
+ * start time and command) and reconnects its control socket. -ESRCH when it is gone (its empty
+ * cgroups are then removed; the caller removes run_dir). When it still runs but its control
+ * socket does not answer, it is killed (and reaped, cleaned up) and -EIO returned. */
 int vmm_qemu_adopt(const vmm_spec_t *spec, const vmm_state_t *st, vmm_vm_t **out, err_t *e);
 
-/** Stop the VM: ask politely (ACPI/QMP quit), wait up to grace_ms, then SIGKILL. Always reaps
- * and frees; vm may be NULL. Returns 0 or the first error seen. */
+/** Remove what a VM that is no longer running left behind: its cgroups and QMP socket. */
+int vmm_qemu_cleanup(const vmm_spec_t *spec, err_t *e);
+
+/** Stop the VM: ask politely (QMP quit), wait up to grace_ms, then SIGKILL. Always reaps (when
+ * the VM is our child), removes the QMP socket and the cgroups, and frees; vm may be NULL.
+ * Returns 0 or the first error seen. */
 int vmm_stop(vmm_vm_t *vm, int grace_ms, err_t *e);
+
+/** Free the handle and close its connections but leave the VM running (it can be adopted
+ * again). NULL-safe. */
+void vmm_release(vmm_vm_t *vm);
 
 /** Whether the VMM process is still alive. */
 bool vmm_alive(vmm_vm_t *vm);
@@ -61,6 +107,19 @@ void vmm_get_state(const vmm_vm_t *vm, vmm_state_t *out);
 
 /** A pidfd for the VMM process (owned by vm; readable when the process exits). */
 int vmm_pidfd(const vmm_vm_t *vm);
+
+/** Run one QMP command: args is a JSON object (stolen) or NULL; *ret (if ret) gets a new
+ * reference to the "return" value. Events that arrive meanwhile are logged at debug level and
+ * dropped. Errors: -EIO (QEMU refused, with its message), -ENOSYS (unknown command),
+ * -ETIMEDOUT, -ECONNRESET (the VMM went away). */
+int vmm_qmp(vmm_vm_t *vm, const char *cmd, json_t *args, json_t **ret, int timeout_ms, err_t *e);
+
+/** Pause (QMP "stop") and resume (QMP "cont") the guest's vCPUs. */
+int vmm_pause(vmm_vm_t *vm, err_t *e);
+int vmm_resume(vmm_vm_t *vm, err_t *e);
+
+/** The run state from QMP "query-status" ("running", "paused", "inmigrate", ...) into buf. */
+int vmm_query_status(vmm_vm_t *vm, char *buf, size_t len, err_t *e);
 
 /** Which accelerator QEMU uses on this host: "kvm" when a guest can really run under KVM,
  * else "tcg". Probed once per process, logged. */
