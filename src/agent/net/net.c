@@ -209,8 +209,12 @@ static int ns_setup(ns_job_t *j, err_t *e)
         goto out;
     if ((rc = net__nl_link_up(sk, NET__IDX_LO, NULL, e)) < 0)
         goto out;
-    if ((rc = net__nl_veth_add(sk, NET__NS_IFNAME, NET__IDX_ETH0, veth, j->host_nsfd, e)) < 0)
+    if ((rc = net__nl_veth_add(sk, NET__NS_IFNAME, NET__IDX_ETH0, veth, j->host_nsfd, e)) < 0) {
+        /* The namespace is new, so the name that exists is the host end's. */
+        if (rc == -EEXIST)
+            err_set(e, -EEXIST, "host link %s already exists (a leftover: reap it)", veth);
         goto out;
+    }
     j->veth = true;
     if ((rc = net__nl_addr_add(sk, NET__IDX_ETH0, a.peer_ip, 31, e)) < 0)
         goto out;

@@ -97,7 +97,9 @@ static int send_sync(struct nl_sock *sk, struct nl_msg *msg, err_t *e, const cha
     nlmsg_free(msg);
     if (rc < 0)
         return nl_fail(e, rc, what);
-    struct nl_cb *cb = nl_cb_clone(nl_socket_get_cb(sk));
+    struct nl_cb *own = nl_socket_get_cb(sk); /* takes a reference */
+    struct nl_cb *cb = nl_cb_clone(own);
+    nl_cb_put(own);
     if (!cb)
         return err_set(e, -ENOMEM, "%s: netlink callback", what);
     int kerr = 1; /* 1 until the kernel answered */

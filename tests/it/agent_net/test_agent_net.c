@@ -208,17 +208,22 @@ static int count_fds(void)
     return n;
 }
 
-static int count_netns_mounts(void)
+/* Mounts of namespaces of slots first..first+n-1 (others may belong to an agent on this host). */
+static int count_netns_mounts(int first, int n)
 {
     FILE *f = fopen("/proc/self/mountinfo", "re");
     char line[1024];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strstr(line, "/run/netns/wrenn-ns-"))
-            n++;
+    int count = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "/run/netns/wrenn-ns-");
+        if (!p)
+            continue;
+        int s = atoi(p + strlen("/run/netns/wrenn-ns-"));
+        count += s >= first && s < first + n;
+    }
     if (f)
         fclose(f);
-    return n;
+    return count;
 }
 
 /* ---- running code inside a namespace, on a thread of its own ---- */
@@ -479,6 +484,9 @@ static int guest_start(guest_t *g, int slot)
 
 /* ---- fixtures ---- */
 
+static void cleanup_foreign(void);
+static void sweep_range(void);
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -496,10 +504,9 @@ static int group_setup(void **state)
         print_message("# net_host_init: %s\n", e.msg);
         return 0;
     }
-    /* A previous run that was killed may have left slots in our range. */
-    for (int s = g_base; s < g_base + 300; s++)
-        if (ns_file_exists(s) || veth_exists(s))
-            net_destroy(s, NULL);
+    /* A previous run that was killed may have left slots in our range and stray links. */
+    cleanup_foreign();
+    sweep_range();
     g_ok = true;
     return 0;
 }
@@ -555,6 +562,14 @@ static void stop_guests(void)
     g_nguests = 0;
 }
 
+/* Remove anything of ours in the test's slot range (a failed test's or a killed run's). */
+static void sweep_range(void)
+{
+    for (int s = g_base; s < g_base + 300; s++)
+        if (ns_file_exists(s) || veth_exists(s))
+            net_destroy(s, NULL);
+}
+
 static int test_teardown(void **state)
 {
     (void)state;
@@ -562,6 +577,8 @@ static int test_teardown(void **state)
     while (g_nslots > 0)
         destroy_slot(g_slots[g_nslots - 1]);
     cleanup_foreign();
+    sweep_range();
+    net_destroy(g_base + 24, NULL); /* test_reap_leftovers' element-only leftover */
     return 0;
 }
 
@@ -914,6 +931,68 @@ static void test_reap_leftovers(void **state)
     cleanup_foreign();
 }
 
+enum { NPAR = 8 };
+typedef struct par {
+    int slot;
+    int rc_create, rc_destroy;
+    pthread_barrier_t *bar;
+} par_t;
+
+static void *par_thread(void *arg)
+{
+    par_t *p = arg;
+    pthread_barrier_wait(p->bar);
+    p->rc_create = net_create(p->slot, NULL, NULL);
+    pthread_barrier_wait(p->bar); /* main checks the state here */
+    pthread_barrier_wait(p->bar);
+    p->rc_destroy = net_destroy(p->slot, NULL);
+    return NULL;
+}
+
+/* Slots created and destroyed from several threads at once (as the agent does for concurrent
+ * requests) all succeed and leave nothing behind. */
+static void test_concurrent(void **state)
+{
+    (void)state;
+    REQUIRE_NET();
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, NPAR + 1);
+    par_t p[NPAR];
+    pthread_t t[NPAR];
+    for (int i = 0; i < NPAR; i++) {
+        p[i] = (par_t){.slot = g_base + 60 + i, .bar = &bar};
+        track(p[i].slot);
+        pthread_create(&t[i], NULL, par_thread, &p[i]);
+    }
+    double t0 = now_ms();
+    pthread_barrier_wait(&bar);
+    pthread_barrier_wait(&bar);
+    double t1 = now_ms();
+    char *l = nft_list();
+    int ok = 0;
+    for (int i = 0; i < NPAR; i++)
+        ok += p[i].rc_create == 0 && ns_file_exists(p[i].slot) && veth_exists(p[i].slot) &&
+              nft_has_slot(l, p[i].slot);
+    free(l);
+    pthread_barrier_wait(&bar);
+    for (int i = 0; i < NPAR; i++)
+        pthread_join(t[i], NULL);
+    double t2 = now_ms();
+    pthread_barrier_destroy(&bar);
+    print_message("# %d slots in parallel: create %.1f ms, destroy %.1f ms (wall)\n", NPAR, t1 - t0,
+                  t2 - t1);
+    assert_int_equal(ok, NPAR);
+    l = nft_list();
+    for (int i = 0; i < NPAR; i++) {
+        assert_int_equal(p[i].rc_destroy, 0);
+        assert_false(ns_file_exists(p[i].slot));
+        assert_false(veth_exists(p[i].slot));
+        assert_false(nft_has_slot(l, p[i].slot));
+        untrack(p[i].slot);
+    }
+    free(l);
+}
+
 static int cmp_dbl(const void *x, const void *y)
 {
     double a = *(const double *)x, b = *(const double *)y;
@@ -938,7 +1017,8 @@ static void test_loop_50(void **state)
     REQUIRE_NET();
     enum { N = 50, ROUNDS = 2 };
     int first = g_base + 100;
-    int fds0 = count_fds(), mounts0 = count_netns_mounts();
+    int fds0 = count_fds();
+    assert_int_equal(count_netns_mounts(first, N), 0);
     static double tc[N * ROUNDS], td[N * ROUNDS];
     for (int r = 0; r < ROUNDS; r++) {
         for (int i = 0; i < N; i++) {
@@ -946,7 +1026,7 @@ static void test_loop_50(void **state)
             assert_int_equal(create_slot(first + i), 0);
             tc[r * N + i] = now_ms() - t0;
         }
-        assert_int_equal(count_netns_mounts(), mounts0 + N);
+        assert_int_equal(count_netns_mounts(first, N), N);
         char *l = nft_list();
         for (int i = 0; i < N; i++)
             assert_true(nft_has_slot(l, first + i));
@@ -964,7 +1044,7 @@ static void test_loop_50(void **state)
         for (int i = 0; i < N; i++)
             assert_false(nft_has_slot(l, first + i));
         free(l);
-        assert_int_equal(count_netns_mounts(), mounts0);
+        assert_int_equal(count_netns_mounts(first, N), 0);
         assert_int_equal(count_fds(), fds0);
     }
     report("create", tc, N * ROUNDS);
@@ -980,6 +1060,7 @@ int main(void)
         cmocka_unit_test_teardown(test_destroy_removes_everything, test_teardown),
         cmocka_unit_test_teardown(test_conflicts_and_rollback, test_teardown),
         cmocka_unit_test_teardown(test_reap_leftovers, test_teardown),
+        cmocka_unit_test_teardown(test_concurrent, test_teardown),
         cmocka_unit_test_teardown(test_loop_50, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
