@@ -40,6 +40,9 @@ command -v npm >/dev/null || die "npm is not installed"
 # silently exercise that server instead of ours.
 port_busy() {
     local h
+    if command -v ss >/dev/null; then
+        [[ -n $(ss -Hltn "sport = :$port" 2>/dev/null) ]] && return 0
+    fi
     for h in 127.0.0.1 ::1; do
         if (exec 3<>"/dev/tcp/$h/$port") 2>/dev/null; then
             return 0
