@@ -51,8 +51,9 @@ int net_host_init(err_t *e);
 
 /** Create namespace, veth, tap, addresses, routes, neighbour entry and NAT for slot. On failure
  * everything created is removed again. -EINVAL: slot out of range; -EEXIST: the slot's namespace
- * or veth already exists (a leftover: reap it); other negative errnos from netlink/nftables. The
- * egress device is the host's default route's at this moment (none: no egress). */
+ * or veth already exists (a leftover: reap it); other negative errnos from netlink/nftables.
+ * Egress for all slots goes out of the host's default route's device; it is looked up again (for
+ * all slots at once) by every net_create and net_host_init (no default route: no egress). */
 int net_create(int slot, net_slot_t *out, err_t *e);
 
 /** Remove everything net_create made for slot (best effort, every step tried; what is already

@@ -716,6 +716,10 @@ static void test_isolation(void **state)
     assert_int_equal(probe(-1, a2.host_ip, NET_ENVD_PORT, 3000, line, sizeof line), 0);
     snprintf(want, sizeof want, "slot=%d\n", s2);
     assert_string_equal(line, want);
+    /* Running the host setup again (an agent restart) keeps the live slots working. */
+    err_t e = {0};
+    assert_int_equal(net_host_init(&e), 0);
+    assert_int_equal(probe(-1, a1.host_ip, NET_ENVD_PORT, 3000, line, sizeof line), 0);
     /* ... and only to envd's port. */
     assert_int_not_equal(probe(-1, a1.host_ip, 22, 300, NULL, 0), 0);
 
