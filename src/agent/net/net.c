@@ -309,13 +309,14 @@ int net_create(int slot, net_slot_t *out, err_t *e)
         rc = idx;
         goto fail;
     }
+    /* IPv6 off before the link comes up, so it never starts DAD or router solicitations. */
+    snprintf(sysctl, sizeof sysctl, "/proc/sys/net/ipv6/conf/%s/disable_ipv6", names.veth);
+    write_file(sysctl, "1", NULL);
     if ((rc = net__nl_addr_add(sk, idx, a.veth_ip, 31, e)) < 0 ||
         (rc = net__nl_link_up(sk, idx, NULL, e)) < 0)
         goto fail;
     if ((rc = net__nl_route_add(sk, a.host_ip, 32, a.peer_ip, idx, e)) < 0)
         goto fail;
-    snprintf(sysctl, sizeof sysctl, "/proc/sys/net/ipv6/conf/%s/disable_ipv6", names.veth);
-    write_file(sysctl, "1", NULL);
     int def = net__nl_default_oif(sk, e);
     if (def < 0) {
         rc = def;
