@@ -88,6 +88,8 @@ static int spawn_agent(ta_agent_t *a)
     unlink(port_file);
     const char *argv[] = {agent_bin(), "--root", a->root, "--listen", "127.0.0.1:0",
                           "--port-file", port_file, "--log-level", "debug",
+                          /* CI machines run several TCG guests at once on two cores. */
+                          "--boot-timeout-ms", "120000",
                           a->own_secret ? NULL : "--secret", TA_SECRET, NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -248,6 +250,10 @@ char *ta_create(ta_agent_t *a, const char *template_name, int timeout_sec)
         char *dump = r ? json_dumps(r, 0) : NULL;
         fprintf(stderr, "# CreateSandbox %s: %ld %s\n", template_name, st, dump ? dump : "");
         free(dump);
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "grep -E 'lvl=(warn|error)' '%s' | tail -n 5 | sed 's/^/# /' >&2",
+                 a->log);
+        th_sh(cmd);
     }
     json_decref(r);
     return id;
@@ -310,6 +316,17 @@ static bool is_qemu(const char *pid)
     return strstr(buf, "qemu-system") != NULL;
 }
 
+/* Our agents allocate the lowest free slots; other programs on a shared test machine (the net
+ * and VMM modules' own tests) use slots from 16000 up. Only slots below TA_MAX_SLOT count. */
+#define TA_MAX_SLOT 1000
+
+static bool ours(const char *num)
+{
+    char *end;
+    long n = strtol(num, &end, 10);
+    return *num && !*end && n > 0 && n < TA_MAX_SLOT;
+}
+
 int ta_leftovers(const char *root)
 {
     int n = 0;
@@ -322,7 +339,7 @@ int ta_leftovers(const char *root)
             if (de->d_name[0] < '0' || de->d_name[0] > '9')
                 continue;
             long uid = proc_uid(de->d_name);
-            if (uid >= 200000 && uid <= 200000 + 65536 && is_qemu(de->d_name))
+            if (uid >= 200000 && uid < 200000 + TA_MAX_SLOT && is_qemu(de->d_name))
                 n++;
         }
         if (d)
@@ -336,7 +353,7 @@ int ta_leftovers(const char *root)
     DIR *d = opendir("/run/netns");
     struct dirent *de;
     while (d && (de = readdir(d))) {
-        if (strncmp(de->d_name, "wrenn", 5) == 0) {
+        if (strncmp(de->d_name, "wrenn-ns-", 9) == 0 && ours(de->d_name + 9)) {
             fprintf(stderr, "# leftover: netns %s\n", de->d_name);
             n++;
         }
@@ -345,14 +362,14 @@ int ta_leftovers(const char *root)
         closedir(d);
     d = opendir("/sys/class/net");
     while (d && (de = readdir(d))) {
-        if (strncmp(de->d_name, "wrv", 3) == 0) {
+        if (strncmp(de->d_name, "wrv", 3) == 0 && ours(de->d_name + 3)) {
             fprintf(stderr, "# leftover: link %s\n", de->d_name);
             n++;
         }
     }
     if (d)
         closedir(d);
-    if (th_sh("nft list ruleset 2>/dev/null | grep -Eq 'wrv[0-9]+'") == 0) {
+    if (th_sh("nft list ruleset 2>/dev/null | grep -Eq '\"wrv[0-9]{1,3}\"'") == 0) {
         fprintf(stderr, "# leftover: nft rules naming a sandbox veth or host address\n");
         n++;
     }
