@@ -34,8 +34,10 @@ set -euo pipefail
 
 # ---- Pins and recipe constants (all part of the input hashes) ---------------------------------
 # The one kernel pin: Debian's cloud kernel package, exactly as `apt-get download` takes it.
-# (`apt-cache policy linux-image-cloud-amd64` lists what the configured mirrors offer.)
-KERNEL_PACKAGE="linux-image-6.1.0-50-cloud-amd64=6.1.176-1"
+# (`apt-cache policy linux-image-cloud-amd64` lists what the configured mirrors offer; Debian drops
+# old kernels from its mirrors at point releases, so this needs a bump now and then.
+# WRENN_KERNEL_PACKAGE overrides it without an edit.)
+KERNEL_PACKAGE=${WRENN_KERNEL_PACKAGE:-"linux-image-6.1.0-50-cloud-amd64=6.1.176-1"}
 DEBIAN_SUITE=bookworm
 BASE_PACKAGES="bash,coreutils,python3,curl,ca-certificates,sudo,procps,iproute2"
 # Loaded in this order by insmod: the package ships no modules.dep.
@@ -420,6 +422,10 @@ add_envd() { # add_envd TREE KEEP
   done
   # Same paths inside; --parents follows the tree's merged-/usr symlinks (lib -> usr/lib).
   if ((${#libs[@]})); then cp -L --parents "${libs[@]}" "$tree/"; fi
+  # The loader's cache, as a Debian system has it (ldconfig -r works on the tree, writes a new
+  # file and renames it, so a hard-linked stage never changes the cached tree).
+  [ -e "$tree/etc/ld.so.conf" ] || printf 'include /etc/ld.so.conf.d/*.conf\n/usr/local/lib\n/usr/lib/x86_64-linux-gnu\n' >"$tree/etc/ld.so.conf"
+  ldconfig -X -r "$tree"
   # An init for kernels booted without our initramfs.
   [ -e "$tree/usr/sbin/init" ] || [ -L "$tree/usr/sbin/init" ] || ln -s "$ENVD_PATH" "$tree/usr/sbin/init"
 }
@@ -541,20 +547,26 @@ EOF
 }
 
 # ---- base: Debian via debootstrap --------------------------------------------------------------
-# The Debian mirror the host's apt uses for $DEBIAN_SUITE (one-line and deb822 sources).
+# The Debian mirror the host's apt uses for $DEBIAN_SUITE ($WRENN_DEBIAN_MIRROR overrides it).
 host_mirror() {
-  local f type rest uri suite
   if [ -n "${WRENN_DEBIAN_MIRROR:-}" ]; then
     printf '%s\n' "$WRENN_DEBIAN_MIRROR"
     return 0
   fi
+  apt_source_uri "$DEBIAN_SUITE"
+}
+
+# apt_source_uri SUITE: the first http(s)/file URI the host's apt has for SUITE (one-line
+# sources.list and .list files, deb822 .sources files).
+apt_source_uri() {
+  local want=$1 f type rest uri suite
   for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
     [ -f "$f" ] || continue
     while read -r type rest; do
       [ "$type" = deb ] || continue
       case "$rest" in \[*) rest=${rest#*] } ;; esac
       read -r uri suite _ <<<"$rest"
-      if [ "$suite" = "$DEBIAN_SUITE" ] && [[ "$uri" =~ ^(https?|file): ]]; then
+      if [ "$suite" = "$want" ] && [[ "$uri" =~ ^(https?|file): ]]; then
         printf '%s\n' "${uri%/}"
         return 0
       fi
@@ -562,7 +574,7 @@ host_mirror() {
   done
   for f in /etc/apt/sources.list.d/*.sources; do
     [ -f "$f" ] || continue
-    uri=$(awk -v suite="$DEBIAN_SUITE" '
+    uri=$(awk -v suite="$want" '
       BEGIN { RS = ""; FS = "\n" }
       {
         types = ""; uris = ""; suites = ""; enabled = "yes"
@@ -636,6 +648,16 @@ customise_tree() {
   mkdir -p "$tree/usr/local/bin"
 }
 
+# The guest's apt sources: the suite, its updates and its security archive, from the mirrors the
+# host uses (security falls back to Debian's own). Replaces, never edits in place: the stage
+# shares inodes with the cached tree.
+guest_sources() {
+  local mirror=$1 security
+  security=$(apt_source_uri "$DEBIAN_SUITE-security") || security=http://deb.debian.org/debian-security
+  printf 'deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n' \
+    "$mirror" "$DEBIAN_SUITE" "$mirror" "$DEBIAN_SUITE" "${security%/}" "$DEBIAN_SUITE"
+}
+
 remove_mounts_only() {
   local dir mp
   dir=$(realpath -m "$1")
@@ -650,6 +672,7 @@ do_base() {
   thash=$(tree_hash)
   hash=$({
     printf 'base tree=%s headroom=%s payload=%s\n' "$thash" "$BASE_HEADROOM_MIB" "$(payload_hash)"
+    guest_sources "$(host_mirror)" || true
     cat "$SCRIPT"
   } | sha_text)
   lock "$ROOT/.lock-base"
@@ -686,6 +709,8 @@ do_base() {
     run cp -a "$c/tree" "$t/tree"
   }
   unlock_all
+  rm -f "$t/tree/etc/apt/sources.list"
+  guest_sources "$mirror" >"$t/tree/etc/apt/sources.list"
   add_envd "$t/tree" 1
   mkfs_image "$t/tree" "$t/rootfs.ext4" "$BASE_HEADROOM_MIB"
   finish_image "$t" "$hash" "$t0" "debootstrap_hash=$(json_str "$thash")" \
