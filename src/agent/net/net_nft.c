@@ -20,16 +20,25 @@
 #include "net.h"
 #include "net_int.h"
 
-#include <nftables/libnftables.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "buf.h"
 #include "log.h"
+#include "xalloc.h"
 
-/* libnftables sets up process-wide state (its GMP allocator) when a context is made, and nft
- * transactions from two threads of one process would only race each other's generation checks;
- * so every nft run of the agent goes through this one lock. Held only around nft calls. */
+/* The rules are applied by the `nft` program (nftables package), fed on its standard input,
+ * rather than by linking libnftables: that library is GPL-2.0-only, which an Apache-2.0 program
+ * must not link. A child process starts in the network namespace of the thread that spawns it,
+ * so a namespace's table is written by spawning from a thread that entered that namespace.
+ * One nft run at a time per agent: concurrent transactions would only race each other's
+ * generation checks. */
 static pthread_mutex_t nft_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int nft_errno(const char *msg)
@@ -45,27 +54,86 @@ static int nft_errno(const char *msg)
     return -EIO;
 }
 
+static const char *nft_path(void)
+{
+    static const char *const cand[] = {"/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"};
+    for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++)
+        if (access(cand[i], X_OK) == 0)
+            return cand[i];
+    return cand[0];
+}
+
 int net__nft_run(const char *cmds, err_t *e)
 {
-    int rc = 0;
+    extern char **environ;
+    int rc = 0, in[2] = {-1, -1}, errp[2] = {-1, -1};
+    pid_t pid = -1;
+    buf_t err;
+    buf_init(&err);
     pthread_mutex_lock(&nft_lock);
-    struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
-    if (!ctx) {
-        rc = err_set(e, -ENOMEM, "nft: context");
+    if (pipe2(in, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+        rc = err_errno(e, "nft: pipe");
         goto out;
     }
-    nft_ctx_buffer_output(ctx);
-    nft_ctx_buffer_error(ctx);
-    if (nft_run_cmd_from_buffer(ctx, cmds) != 0) {
-        const char *msg = nft_ctx_get_error_buffer(ctx);
-        if (!msg)
-            msg = "";
-        size_t n = strcspn(msg, "\n");
-        rc = err_set(e, nft_errno(msg), "nft: %.*s", (int)(n > 200 ? 200 : n), msg);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, errp[1], 2);
+    char *const argv[] = {"nft", "-f", "-", NULL};
+    char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", NULL};
+    int sr = posix_spawn(&pid, nft_path(), &fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    (void)environ;
+    xclose(&in[0]);
+    xclose(&errp[1]);
+    if (sr != 0) {
+        errno = sr;
+        rc = err_errno(e, "nft: spawn");
+        pid = -1;
+        goto out;
     }
-    nft_ctx_free(ctx);
+    /* The rules are a few KiB at most: far below a pipe's capacity, so no deadlock with the
+     * child's stderr. SIGPIPE is ignored by the agent; a dead nft shows as EPIPE. */
+    size_t len = strlen(cmds), off = 0;
+    while (off < len) {
+        ssize_t w = write(in[1], cmds + off, len - off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        off += (size_t)w;
+    }
+    xclose(&in[1]);
+    char tmp[1024];
+    ssize_t n;
+    while ((n = read(errp[0], tmp, sizeof tmp)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (err.len < 4096)
+            buf_add(&err, tmp, (size_t)n);
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    pid = -1;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        const char *msg = err.data ? err.data : "nft failed";
+        /* nft prints "Error: <what>" then the offending line: report the first line. */
+        size_t m = strcspn(msg, "\n");
+        rc = err_set(e, nft_errno(msg), "nft: %.*s", (int)(m > 200 ? 200 : m), msg);
+    }
 out:
+    xclose(&in[0]);
+    xclose(&in[1]);
+    xclose(&errp[0]);
+    xclose(&errp[1]);
     pthread_mutex_unlock(&nft_lock);
+    buf_fini(&err);
     return rc;
 }
 

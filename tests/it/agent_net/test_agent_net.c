@@ -12,6 +12,7 @@
  * on this host, which allocates from 1, is not disturbed. Requires root; skipped otherwise.
  * Everything made is removed by the group teardown even when an assertion fails.
  */
+#include "buf.h"
 #include "net.h"
 #include "net_int.h"
 
@@ -29,6 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/wait.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -42,7 +45,6 @@
 #include <netlink/route/link.h>
 #include <netlink/route/neighbour.h>
 #include <netlink/route/route.h>
-#include <nftables/libnftables.h>
 
 #include "log.h"
 
@@ -142,16 +144,30 @@ static bool veth_exists(int slot)
 /* `nft list table inet wrenn` (empty string when there is none). Caller frees. */
 static char *nft_list(void)
 {
-    struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
-    nft_ctx_buffer_output(ctx);
-    nft_ctx_buffer_error(ctx);
-    char *out = strdup("");
-    if (nft_run_cmd_from_buffer(ctx, "list table inet wrenn") == 0) {
-        free(out);
-        out = strdup(nft_ctx_get_output_buffer(ctx));
-    }
-    nft_ctx_free(ctx);
-    return out;
+    extern char **environ;
+    int p[2];
+    buf_t b;
+    buf_init(&b);
+    buf_adds(&b, "");
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return buf_steal(&b, NULL);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    char *const argv[] = {"nft", "list", "table", "inet", "wrenn", NULL};
+    pid_t pid;
+    int sr = posix_spawnp(&pid, "nft", &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(p[1]);
+    char tmp[4096];
+    ssize_t n;
+    while (sr == 0 && (n = read(p[0], tmp, sizeof tmp)) > 0)
+        buf_add(&b, tmp, (size_t)n);
+    close(p[0]);
+    if (sr == 0)
+        waitpid(pid, NULL, 0);
+    return buf_steal(&b, NULL);
 }
 
 /* Whether the host table mentions any per-slot element of slot. */
