@@ -62,7 +62,8 @@ NAME=?
 say() { printf 'images %s [%6ss] %s\n' "$NAME" "$(elapsed)" "$*"; }
 elapsed() { since "$T0"; }
 since() { # since EPOCHREALTIME-VALUE: seconds elapsed, one decimal, without forking
-  local us=$((${EPOCHREALTIME/./} - ${1/./}))
+  local now=${EPOCHREALTIME//[.,]/} from=${1//[.,]/}
+  local us=$((10#$now - 10#$from))
   printf '%d.%d' $((us / 1000000)) $((us / 100000 % 10))
 }
 die() {
@@ -400,10 +401,14 @@ do_kernel() {
 }
 
 # ---- Root file systems -------------------------------------------------------------------------
-# The envd binary's shared libraries: the resolved paths of its ldd closure, loader included.
+# The envd binary's shared libraries: the resolved paths of its ldd closure, loader included
+# (nothing for a static binary).
 envd_closure() {
   local out
-  out=$(ldd "$ENVD_BIN") || die "ldd $ENVD_BIN failed"
+  out=$(LC_ALL=C ldd "$ENVD_BIN" 2>&1) || {
+    [[ "$out" == *"not a dynamic executable"* ]] && return 0
+    die "ldd $ENVD_BIN failed: $out"
+  }
   if grep -q 'not found' <<<"$out"; then die "$ENVD_BIN has unresolved libraries: $out"; fi
   awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$out" | sort -u
 }
@@ -793,8 +798,10 @@ main() {
     ENVD_BIN=${ENVD_ARG:-${WRENN_ENVD_BIN:-$HERE/../build/src/envd/wrenn-envd}}
     [ -x "$ENVD_BIN" ] || die "wrenn-envd not found at $ENVD_BIN (build it, or pass --envd PATH)"
     ENVD_BIN=$(realpath "$ENVD_BIN")
-    mapfile -t CLOSURE < <(envd_closure)
-    ((${#CLOSURE[@]})) || die "no libraries found for $ENVD_BIN"
+    local closure
+    closure=$(envd_closure) || exit 1
+    mapfile -t CLOSURE <<<"$closure"
+    [ -n "$closure" ] || CLOSURE=()
     "do_$NAME"
   fi
   say "done"
