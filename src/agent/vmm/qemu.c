@@ -70,10 +70,15 @@
 #define QEMU_TB_MB 256u
 /* QEMU's own memory besides guest RAM and the translation cache (heap, stacks, libraries). */
 #define QEMU_OVERHEAD_MB 128u
+/* CPU for QEMU's own threads on top of one CPU per vCPU: under TCG its main loop (device
+ * emulation, console, disk) used about a fifth of the vCPU thread's time during a boot. */
+#define QEMU_EMULATOR_PCT 50u
 /* Block I/O worker threads; bounding them keeps the pids limit meaningful. */
 #define QEMU_POOL_MAX        8u
 #define QMP_START_TIMEOUT_MS 15000
 #define QMP_CALL_TIMEOUT_MS  5000
+/* Longest qcow2 backing chain followed (overlay, snapshot layers, base). */
+#define VMM_MAX_CHAIN 8
 
 /* fds as QEMU sees them. */
 #define FD_QMP 3
@@ -693,8 +698,8 @@ static const char *const lib_dirs[] = {"/usr/lib/x86_64-linux-gnu", "/usr/lib64"
 static const char *const data_dirs[] = {"/usr/share/qemu", "/usr/share/seabios",
                                         "/usr/lib/ipxe/qemu"};
 
-static int build_plan(const vmm_spec_t *s, const char *exe, const char *backing, bool kvm,
-                      plan_t *p, err_t *e)
+static int build_plan(const vmm_spec_t *s, const char *exe, char (*chain)[PATH_MAX], int nchain,
+                      bool kvm, plan_t *p, err_t *e)
 {
     int rc = 0;
     for (size_t i = 0; i < sizeof lib_dirs / sizeof lib_dirs[0] && rc == 0; i++)
@@ -707,8 +712,8 @@ static int build_plan(const vmm_spec_t *s, const char *exe, const char *backing,
         rc = plan_bind(p, s->kernel, true, false, e);
     if (rc == 0)
         rc = plan_bind(p, s->initrd, true, false, e);
-    if (rc == 0 && backing)
-        rc = plan_bind(p, backing, true, false, e);
+    for (int i = 0; i < nchain && rc == 0; i++)
+        rc = plan_bind(p, chain[i], true, false, e);
     if (rc == 0)
         rc = plan_bind(p, s->rootfs, false, false, e);
     if (rc < 0)
@@ -1026,11 +1031,11 @@ static int listen_qmp(const char *path, err_t *e)
     if (fd < 0)
         return err_errno(e, "vmm: socket");
     unlink(path);
-    /* Only the agent (root) may connect: bind under a umask that leaves the socket 0600. */
-    mode_t old = umask(0177);
-    int r = bind(fd, (struct sockaddr *)&sa, sizeof sa);
-    umask(old);
-    if (r < 0 || listen(fd, 4) < 0) {
+    /* Only the agent (root) may connect. (Connecting needs write permission on the socket, which
+     * the umask already denies to others between bind and chmod; umask itself is per process
+     * and not ours to change.) */
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || chmod(path, 0600) < 0 ||
+        listen(fd, 4) < 0) {
         int rc = err_errno(e, path);
         close(fd);
         unlink(path);
@@ -1064,8 +1069,9 @@ int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e)
     int qmpfd = -1, logfd = -1, nullfd = -1, netnsfd = -1, errp[2] = {-1, -1};
     int cgfds[CG_MAX_DIRS];
     int ncg = 0;
-    char path[PATH_MAX], backing[PATH_MAX];
-    backing[0] = '\0';
+    char path[PATH_MAX];
+    char(*chain)[PATH_MAX] = xcalloc(VMM_MAX_CHAIN, PATH_MAX);
+    int nchain = 0;
 
     if (access(exe, X_OK) < 0) {
         rc = err_errno(e, exe);
@@ -1077,13 +1083,28 @@ int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e)
         goto fail;
     }
     if (strcmp(spec->rootfs_format, "qcow2") == 0) {
-        rc = disk_qcow2_backing(spec->rootfs, backing, sizeof backing, e);
-        if (rc < 0)
-            goto fail;
-        if (rc > 0 && !good_path(backing)) {
-            rc = err_set(e, -EINVAL, "vmm: the root disk's backing file path is not usable");
-            goto fail;
+        /* The backing chain is shown to QEMU read-only: overlay → (qcow2 →)* raw base. */
+        const char *cur = spec->rootfs;
+        for (;;) {
+            if (nchain == VMM_MAX_CHAIN) {
+                rc = err_set(e, -ELOOP, "vmm: the root disk's backing chain is too long");
+                goto fail;
+            }
+            rc = disk_qcow2_backing(cur, chain[nchain], PATH_MAX, e);
+            if (rc == -EINVAL && nchain > 0)
+                break; /* a raw base ends the chain */
+            if (rc < 0)
+                goto fail;
+            if (rc == 0)
+                break;
+            if (!good_path(chain[nchain]) || access(chain[nchain], R_OK) < 0) {
+                rc = err_set(e, -EINVAL, "vmm: backing file %s is not usable", chain[nchain]);
+                goto fail;
+            }
+            cur = chain[nchain++];
         }
+        rc = 0;
+        err_clear(e);
     }
     cmdline = build_cmdline(spec->cmdline, e, &rc);
     if (!cmdline)
@@ -1141,7 +1162,7 @@ int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e)
         rc = err_errno(e, VMM_JAIL_DIR);
         goto fail;
     }
-    if ((rc = build_plan(spec, exe, backing[0] ? backing : NULL, kvm, &plan, e)) < 0)
+    if ((rc = build_plan(spec, exe, chain, nchain, kvm, &plan, e)) < 0)
         goto fail;
     build_argv(spec, exe, cmdline, kvm, &argv);
 
@@ -1151,7 +1172,7 @@ int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e)
         cg_limits_t lim = {
             .memory_bytes = ((uint64_t)spec->memory_mb + (kvm ? 0 : QEMU_TB_MB) + QEMU_OVERHEAD_MB)
                             << 20,
-            .cpu_pct = spec->vcpus * 100,
+            .cpu_pct = spec->vcpus * 100 + QEMU_EMULATOR_PCT,
             .pids = 16 + QEMU_POOL_MAX + 2 * spec->vcpus,
         };
         if ((rc = cg_create(spec->cgroup, &lim, &vm->cg, e)) < 0)
@@ -1276,6 +1297,7 @@ out:
     xclose(&errp[1]);
     sv_free(&argv);
     plan_free(&plan);
+    free(chain);
     free(cmdline);
     if (out)
         *out = vm;

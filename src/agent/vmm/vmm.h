@@ -21,7 +21,9 @@
  * - Confinement: QEMU runs as uid:gid (no supplementary groups, no capabilities, no_new_privs),
  *   with `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`, in
  *   netns, in new mount, PID, IPC and UTS namespaces, and in cgroup spec->cgroup (memory, cpu,
- *   pids; see cg.h) created under the agent's own cgroups with limits from vcpus and memory_mb.
+ *   pids; see cg.h) created under the agent's own cgroups with limits from vcpus and memory_mb:
+ *   memory = guest RAM + TCG translation cache (256 MiB) + 128 MiB, CPU = vcpus + half a CPU for
+ *   QEMU's own threads, tasks = 24 + 2 * vcpus (QEMU's block I/O pool is capped at 8 threads).
  *   Its root is a read-only tmpfs that holds only: the kernel, initrd and backing images
  *   (read-only), the root disk, console.log and mem (read-write, noexec), the QEMU binary, the
  *   shared libraries of /usr/lib/<multiarch> and QEMU's firmware directories (read-only),

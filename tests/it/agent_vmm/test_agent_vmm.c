@@ -647,13 +647,15 @@ static void check_confinement(const sbx_t *s, pid_t pid)
             assert_true(v >= 256l << 20 && v <= 1024l << 20);
         }
         if ((v = read_long(d, "cpu.cfs_quota_us")) >= 0)
-            assert_int_equal(v, 100000);
+            assert_int_equal(v, 150000); /* one vCPU plus half a CPU for QEMU's own threads */
         if ((v = read_long(d, "pids.max")) >= 0) {
             fprintf(stderr, "# pids.max=%ld\n", v);
             assert_true(v > 8 && v <= 64);
         }
         if ((v = read_long(d, "pids.current")) >= 0)
             fprintf(stderr, "# pids.current=%ld\n", v);
+        if ((v = read_long(d, "memory.max_usage_in_bytes")) >= 0)
+            fprintf(stderr, "# memory.max_usage_in_bytes=%ld MiB\n", v >> 20);
     }
 }
 
@@ -709,8 +711,15 @@ static void test_boot_health_stop(void **state)
     assert_string_equal(json_string_value(json_object_get(ret, "name")), name);
     json_decref(ret);
 
-    /* The console log got the guest's boot. */
+    /* Guest RAM is the mem file in run_dir, as large as the guest's memory. */
     char p[600];
+    struct stat mst;
+    snprintf(p, sizeof p, "%s/mem", s->dir);
+    assert_int_equal(stat(p, &mst), 0);
+    assert_int_equal(mst.st_size, 256 << 20);
+    assert_int_equal(mst.st_uid, T.uid);
+
+    /* The console log got the guest's boot. */
     snprintf(p, sizeof p, "%s/console.log", s->dir);
     struct stat cst;
     assert_int_equal(stat(p, &cst), 0);
@@ -778,6 +787,14 @@ static void test_adopt(void **state)
     SKIP_UNLESS_READY();
     sbx_t *s = sbx_new();
     err_t e = {0};
+    /* This VM's disk is a chain, overlay -> mid layer (qcow2, readable by the VM) -> base, as
+     * snapshot layers will be: every layer must show up read-only in QEMU's root. */
+    char mid[500];
+    snprintf(mid, sizeof mid, "%s/mid.qcow2", s->dir);
+    assert_int_equal(disk_overlay_create(T.base, "raw", mid, &e), 0);
+    assert_int_equal(chmod(mid, 0644), 0);
+    assert_int_equal(disk_remove(s->overlay, &e), 0);
+    assert_int_equal(disk_overlay_create(mid, "qcow2", s->overlay, &e), 0);
     /* The "old agent": a process that starts the VM, reports its state and dies without
      * stopping it, so QEMU is no longer our child (as after kill -9 of the agent). */
     int pp[2];
@@ -805,6 +822,11 @@ static void test_adopt(void **state)
 
     int h = wait_health(60000);
     assert_true(h == 200 || h == 204);
+    char p[700];
+    snprintf(p, sizeof p, "/proc/%d/root%s", (int)st.pid, mid);
+    assert_int_equal(access(p, R_OK), 0);
+    snprintf(p, sizeof p, "/proc/%d/root%s", (int)st.pid, T.base);
+    assert_int_equal(access(p, R_OK), 0);
 
     /* Wrong start time (pid reuse) and a pid that is not this VM: -ESRCH, VM untouched. */
     vmm_vm_t *vm = NULL;
@@ -845,7 +867,7 @@ static void test_adopt(void **state)
     /* Not our child: init reaps it; it must be gone (or a zombie of init's) soon. */
     bool gone = false;
     for (int i = 0; i < 300 && !gone; i++) {
-        char p[64], buf[512];
+        char buf[512];
         snprintf(p, sizeof p, "/proc/%d/stat", (int)st.pid);
         FILE *f = fopen(p, "re");
         if (!f) {
