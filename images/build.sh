@@ -31,6 +31,8 @@
 # the end; a failed or interrupted build removes its temp dir, and one killed outright is swept
 # by the next build of the same name. Concurrent builds of one name wait for each other (flock).
 set -euo pipefail
+# Images and kernels are read by each VM's unprivileged QEMU user: world-readable, never writable.
+umask 022
 
 # ---- Pins and recipe constants (all part of the input hashes) ---------------------------------
 # The one kernel pin: Debian's cloud kernel package, exactly as `apt-get download` takes it.
@@ -58,7 +60,7 @@ SCRIPT="$HERE/$(basename "${BASH_SOURCE[0]}")"
 
 # ---- Small helpers -----------------------------------------------------------------------------
 T0=$EPOCHREALTIME
-NAME=?
+NAME='?'
 say() { printf 'images %s [%6ss] %s\n' "$NAME" "$(elapsed)" "$*"; }
 elapsed() { since "$T0"; }
 since() { # since EPOCHREALTIME-VALUE: seconds elapsed, one decimal, without forking

@@ -152,7 +152,7 @@ envd_get() { ip netns exec "$NS" curl -s --max-time 10 "http://169.254.0.21:4998
 # enveloped JSON request). Sets OUT (stdout), ERR (stderr), CODE (exit code); returns 1 if the
 # stream did not end with an exit.
 vm_exec() {
-  local user= json sep= a n resp
+  local user='' json sep='' a n resp
   if [ "$1" = -u ]; then
     user=$2
     shift 2
