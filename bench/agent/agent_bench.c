@@ -32,7 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SECRET "bench-secret-0123456789abcdef"
+#define SECRET   "bench-secret-0123456789abcdef"
 #define RAW_SLOT 16000
 
 extern char **environ;
@@ -89,8 +89,8 @@ static int start_agent(const char *bin)
         return -1;
     snprintf(port_file, sizeof port_file, "%s/port", scratch);
     snprintf(log, sizeof log, "%s/agent.log", scratch);
-    const char *argv[] = {bin,         "--root",   root,     "--listen", "127.0.0.1:0",
-                          "--port-file", port_file, "--secret", SECRET,    NULL};
+    const char *argv[] = {bin,           "--root",  root,       "--listen", "127.0.0.1:0",
+                          "--port-file", port_file, "--secret", SECRET,     NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -114,6 +114,18 @@ static int start_agent(const char *bin)
     return -1;
 }
 
+static void show_agent_warnings(void)
+{
+    char log[300], line[1024];
+    snprintf(log, sizeof log, "%s/agent.log", scratch);
+    FILE *f = fopen(log, "re");
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, "lvl=warn") || strstr(line, "lvl=error"))
+            fprintf(stderr, "  %s", line);
+    if (f)
+        fclose(f);
+}
+
 static void stop_agent(void)
 {
     if (agent_pid > 0) {
@@ -134,8 +146,12 @@ static json_t *call(const char *method, const char *body, long *status)
     httpc_t *c = httpc_new();
     httpc_resp_t r;
     httpc_resp_init(&r);
-    httpc_req_t q = {.method = "POST", .url = url, .headers = h, .body = body,
-                     .body_len = strlen(body), .timeout_ms = 120000};
+    httpc_req_t q = {.method = "POST",
+                     .url = url,
+                     .headers = h,
+                     .body = body,
+                     .body_len = strlen(body),
+                     .timeout_ms = 120000};
     json_t *j = NULL;
     *status = -1;
     if (httpc_do(c, &q, &r, NULL) == 0) {
@@ -150,8 +166,8 @@ static json_t *call(const char *method, const char *body, long *status)
 static char *create(void)
 {
     long st;
-    json_t *j = call("CreateSandbox", "{\"template\":\"minimal\",\"vcpus\":1,\"memoryMb\":256}",
-                     &st);
+    json_t *j =
+        call("CreateSandbox", "{\"template\":\"minimal\",\"vcpus\":1,\"memoryMb\":256}", &st);
     char *id = st == 200 ? xstrdup(json_string_value(json_object_get(j, "sandboxId"))) : NULL;
     if (!id) {
         char *d = j ? json_dumps(j, 0) : NULL;
@@ -166,7 +182,8 @@ static bool exec_hi(const char *id)
 {
     char body[256];
     snprintf(body, sizeof body,
-             "{\"sandboxId\":\"%s\",\"cmd\":\"/bin/echo\",\"args\":[\"hi\"],\"timeoutSec\":60}", id);
+             "{\"sandboxId\":\"%s\",\"cmd\":\"/bin/echo\",\"args\":[\"hi\"],\"timeoutSec\":60}",
+             id);
     long st;
     json_t *j = call("Exec", body, &st);
     /* "hi\n" in base64 */
@@ -262,12 +279,39 @@ static double raw_boot(const char *dir)
     snprintf(serial, sizeof serial, "file:%s", con);
     char netdev[64];
     snprintf(netdev, sizeof netdev, "tap,id=n0,ifname=%s,script=no,downscript=no", ns.tap);
-    char *const argv[] = {"/usr/bin/qemu-system-x86_64", "-M", "microvm,acpi=on", "-accel", "tcg",
-                          "-cpu", "max", "-m", "256M", "-smp", "1", "-nodefaults",
-                          "-no-user-config", "-display", "none", "-no-reboot", "-serial", serial,
-                          "-kernel", kernel, "-initrd", initrd, "-append", append, "-drive", drive,
-                          "-device", "virtio-blk-device,drive=root", "-netdev", netdev, "-device",
-                          "virtio-net-device,netdev=n0,mac=" NET_GUEST_MAC, NULL};
+    char *const argv[] = {"/usr/bin/qemu-system-x86_64",
+                          "-M",
+                          "microvm,acpi=on",
+                          "-accel",
+                          "tcg",
+                          "-cpu",
+                          "max",
+                          "-m",
+                          "256M",
+                          "-smp",
+                          "1",
+                          "-nodefaults",
+                          "-no-user-config",
+                          "-display",
+                          "none",
+                          "-no-reboot",
+                          "-serial",
+                          serial,
+                          "-kernel",
+                          kernel,
+                          "-initrd",
+                          initrd,
+                          "-append",
+                          append,
+                          "-drive",
+                          drive,
+                          "-device",
+                          "virtio-blk-device,drive=root",
+                          "-netdev",
+                          netdev,
+                          "-device",
+                          "virtio-net-device,netdev=n0,mac=" NET_GUEST_MAC,
+                          NULL};
     char nspath[128];
     snprintf(nspath, sizeof nspath, "/run/netns/%s", ns.netns);
     double t0 = now_ms();
@@ -388,8 +432,11 @@ int main(int argc, char **argv)
            (double)(rssn - rss0) / rss_n, rss_n);
     rc = 0;
 out:
-    if (rc != 0)
+    if (rc != 0) {
         fprintf(stderr, "agent_bench: failed\n");
+        if (agent_pid > 0)
+            show_agent_warnings();
+    }
     stop_agent();
     for (int i = 0; i < rss_n; i++)
         free(ids[i]);

@@ -26,14 +26,14 @@ struct fs_watchers;
  * while holding it (never across I/O). */
 typedef struct envd {
     pthread_mutex_t lock;
-    char *default_user;     /* NULL → "root" */
-    char *default_workdir;  /* NULL → the user's home */
-    json_t *env;            /* default environment: object of string → string */
-    char *access_token;     /* NULL → no token required */
-    int64_t init_ts_ns;     /* newest /init timestamp applied (unix ns); 0 → none yet */
+    char *default_user;    /* NULL → "root" */
+    char *default_workdir; /* NULL → the user's home */
+    json_t *env;           /* default environment: object of string → string */
+    char *access_token;    /* NULL → no token required */
+    int64_t init_ts_ns;    /* newest /init timestamp applied (unix ns); 0 → none yet */
 
-    bool in_vm;             /* running as the guest's agent: may set the clock */
-    const char *run_dir;    /* /run/wrenn, or a scratch dir in development */
+    bool in_vm;          /* running as the guest's agent: may set the clock */
+    const char *run_dir; /* /run/wrenn, or a scratch dir in development */
     struct proc_table *procs;
     struct fs_watchers *watchers;
 } envd_t;

@@ -314,14 +314,13 @@ static void metrics(http_req_t *r, void *ud)
     unsigned long long du = dt - (unsigned long long)sv.f_bfree * sv.f_frsize;
     unsigned long long mu = mt > ma ? mt - ma : 0;
 
-    json_t *o = json_pack("{s:I,s:I,s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "ts",
-                          (json_int_t)(now_ns() / 1000000000LL), "cpu_count",
-                          (json_int_t)sysconf(_SC_NPROCESSORS_ONLN), "cpu_used_pct",
-                          (double)((long long)(pct * 100 + 0.5)) / 100.0, "mem_total_mib",
-                          (json_int_t)(mt >> 20), "mem_used_mib", (json_int_t)(mu >> 20),
-                          "mem_total", (json_int_t)mt, "mem_used", (json_int_t)mu, "mem_cache",
-                          (json_int_t)(mc + mbuf), "disk_used", (json_int_t)du, "disk_total",
-                          (json_int_t)dt);
+    json_t *o = json_pack(
+        "{s:I,s:I,s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "ts", (json_int_t)(now_ns() / 1000000000LL),
+        "cpu_count", (json_int_t)sysconf(_SC_NPROCESSORS_ONLN), "cpu_used_pct",
+        (double)((long long)(pct * 100 + 0.5)) / 100.0, "mem_total_mib", (json_int_t)(mt >> 20),
+        "mem_used_mib", (json_int_t)(mu >> 20), "mem_total", (json_int_t)mt, "mem_used",
+        (json_int_t)mu, "mem_cache", (json_int_t)(mc + mbuf), "disk_used", (json_int_t)du,
+        "disk_total", (json_int_t)dt);
     http_respond_json(r, 200, o);
     json_decref(o);
 }
@@ -331,11 +330,7 @@ size_t rest_routes(envd_t *d, http_route_t *out, size_t max)
     const http_route_t routes[] = {
         {.method = "GET", .path = "/health", .handle = health, .ud = d},
         {.method = "POST", .path = "/init", .handle = init, .max_body = 1u << 20, .ud = d},
-        {.method = "GET",
-         .path = "/envs",
-         .on_headers = envd_check_token,
-         .handle = envs,
-         .ud = d},
+        {.method = "GET", .path = "/envs", .on_headers = envd_check_token, .handle = envs, .ud = d},
         {.method = "GET",
          .path = "/metrics",
          .on_headers = envd_check_token,

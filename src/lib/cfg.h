@@ -18,8 +18,8 @@ typedef enum cfg_type { CFG_STR, CFG_INT, CFG_BOOL } cfg_type_t;
 typedef struct cfg_opt {
     const char *name; /* flag name without dashes, e.g. "port" */
     cfg_type_t type;
-    void *dst;        /* const char ** for CFG_STR, long * for CFG_INT, bool * for CFG_BOOL */
-    long min, max;    /* bounds for CFG_INT (ignored when min == max == 0) */
+    void *dst;     /* const char ** for CFG_STR, long * for CFG_INT, bool * for CFG_BOOL */
+    long min, max; /* bounds for CFG_INT (ignored when min == max == 0) */
     const char *help;
 } cfg_opt_t;
 

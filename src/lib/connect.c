@@ -116,7 +116,6 @@ static void stream_error(http_req_t *req, int code, const err_t *e)
     http_respond_buf(req, 200, "application/connect+json", &b);
 }
 
-
 static int on_headers(http_req_t *req, void *ud, err_t *e)
 {
     connect_binding_t *ru = ud;
@@ -132,7 +131,8 @@ static int on_headers(http_req_t *req, void *ud, err_t *e)
     const char *pv = http_req_header(req, "Connect-Protocol-Version");
     if (pv && strcmp(pv, "1") != 0)
         return err_set(e, -EINVAL, "connect-protocol-version must be 1");
-    const char *enc = http_req_header(req, m->unary ? "Content-Encoding" : "Connect-Content-Encoding");
+    const char *enc =
+        http_req_header(req, m->unary ? "Content-Encoding" : "Connect-Content-Encoding");
     if (enc && strcmp(enc, "identity") != 0)
         return err_set(e, -ENOSYS, "compression %s is not supported", enc);
     const char *to = http_req_header(req, "Connect-Timeout-Ms");

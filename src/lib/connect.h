@@ -72,8 +72,8 @@ typedef int (*connect_stream_fn)(connect_call_t *c, const json_t *req, connect_s
                                  err_t *e);
 
 typedef struct connect_method {
-    const char *path;         /* "/process.Process/Start" */
-    connect_unary_fn unary;   /* exactly one of unary and stream */
+    const char *path;       /* "/process.Process/Start" */
+    connect_unary_fn unary; /* exactly one of unary and stream */
     connect_stream_fn stream;
 } connect_method_t;
 

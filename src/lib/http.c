@@ -37,7 +37,7 @@ struct http_req {
     buf_t body;
     uint64_t body_seen;
     size_t max_body;
-    err_t err;      /* set when the body failed; answered at the end */
+    err_t err; /* set when the body failed; answered at the end */
     bool failed;
     bool responded;
     bool early; /* answered before a request body was read (see linger_close) */
@@ -46,11 +46,26 @@ struct http_req {
     size_t nhdrs;
 };
 
-const char *http_req_method(const http_req_t *r) { return r->method; }
-const char *http_req_path(const http_req_t *r) { return r->path; }
-struct arena *http_req_arena(http_req_t *r) { return r->arena; }
-void http_req_set_state(http_req_t *r, void *state) { r->state = state; }
-void *http_req_state(const http_req_t *r) { return r->state; }
+const char *http_req_method(const http_req_t *r)
+{
+    return r->method;
+}
+const char *http_req_path(const http_req_t *r)
+{
+    return r->path;
+}
+struct arena *http_req_arena(http_req_t *r)
+{
+    return r->arena;
+}
+void http_req_set_state(http_req_t *r, void *state)
+{
+    r->state = state;
+}
+void *http_req_state(const http_req_t *r)
+{
+    return r->state;
+}
 
 const char *http_req_header(const http_req_t *r, const char *name)
 {
@@ -165,8 +180,7 @@ static void queue(http_req_t *r, int status, struct MHD_Response *resp, const ch
     MHD_destroy_response(resp);
 }
 
-void http_respond(http_req_t *r, int status, const char *content_type, const void *body,
-                  size_t len)
+void http_respond(http_req_t *r, int status, const char *content_type, const void *body, size_t len)
 {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
@@ -177,8 +191,7 @@ void http_respond_buf(http_req_t *r, int status, const char *content_type, buf_t
 {
     size_t len = 0;
     char *data = buf_steal(b, &len);
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer_with_free_callback(len, data, free);
+    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(len, data, free);
     queue(r, status, resp, content_type);
 }
 
@@ -512,8 +525,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_debug("http.mhd", "detail=\"%s\"", msg);
 }
 
-int http_server_start(const http_server_cfg_t *cfg, const http_route_t *routes,
-                      http_server_t **out, err_t *e)
+int http_server_start(const http_server_cfg_t *cfg, const http_route_t *routes, http_server_t **out,
+                      err_t *e)
 {
     http_server_t *s = xcalloc(1, sizeof *s);
     s->routes = routes;

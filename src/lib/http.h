@@ -41,22 +41,22 @@ typedef struct http_route {
     void (*handle)(http_req_t *req, void *ud);
     /* Optional cleanup of per-request state set with http_req_set_state(); always called. */
     void (*cleanup)(http_req_t *req, void *ud);
-    size_t max_body;          /* buffered-body limit; 0 → HTTP_DEFAULT_MAX_BODY */
-    http_error_fn error;      /* NULL → REST envelope {"code":int,"message":str} */
+    size_t max_body;     /* buffered-body limit; 0 → HTTP_DEFAULT_MAX_BODY */
+    http_error_fn error; /* NULL → REST envelope {"code":int,"message":str} */
     void *ud;
 } http_route_t;
 
 typedef struct http_server_cfg {
-    const char *addr;           /* bind address; NULL → all addresses, IPv4 and IPv6 */
-    int port;                   /* 0 → an ephemeral port (see http_server_port()) */
-    bool cors;                  /* answer CORS preflights and add CORS headers */
-    unsigned idle_timeout_s;    /* 0 → 640 s */
-    unsigned max_connections;   /* 0 → 1024 */
+    const char *addr;         /* bind address; NULL → all addresses, IPv4 and IPv6 */
+    int port;                 /* 0 → an ephemeral port (see http_server_port()) */
+    bool cors;                /* answer CORS preflights and add CORS headers */
+    unsigned idle_timeout_s;  /* 0 → 640 s */
+    unsigned max_connections; /* 0 → 1024 */
 } http_server_cfg_t;
 
 /** Start serving. routes[] (terminated by a zero entry) must outlive the server. */
-int http_server_start(const http_server_cfg_t *cfg, const http_route_t *routes,
-                      http_server_t **out, err_t *e);
+int http_server_start(const http_server_cfg_t *cfg, const http_route_t *routes, http_server_t **out,
+                      err_t *e);
 /** The bound port. */
 int http_server_port(const http_server_t *s);
 /** Stop accepting, close connections and free. NULL-safe. */

@@ -33,10 +33,10 @@ void httpc_resp_fini(httpc_resp_t *r);
 bool httpc_resp_header(const httpc_resp_t *r, const char *name, char *out, size_t n);
 
 typedef struct httpc_req {
-    const char *method;          /* "GET", "POST", ... */
+    const char *method; /* "GET", "POST", ... */
     const char *url;
-    const char *const *headers;  /* "Name: value" strings, NULL-terminated; may be NULL */
-    const void *body;            /* request body, or NULL */
+    const char *const *headers; /* "Name: value" strings, NULL-terminated; may be NULL */
+    const void *body;           /* request body, or NULL */
     size_t body_len;
     /* Optional streamed request body: fill dst with up to max bytes, return the count, 0 at the
      * end, or < 0 to abort. When set, the body goes out chunked. */
@@ -45,8 +45,9 @@ typedef struct httpc_req {
      * to abort the transfer (then httpc_do returns -ECANCELED). */
     int (*on_data)(void *ud, const char *data, size_t len);
     void *ud;
-    long timeout_ms;             /* 0: none */
-    bool accept_gzip;            /* let libcurl ask for and decode gzip */
+    long timeout_ms;      /* 0: none */
+    long idle_timeout_ms; /* abort when no byte moves for this long (>= 1 s); 0: none */
+    bool accept_gzip;     /* let libcurl ask for and decode gzip */
 } httpc_req_t;
 
 /** Perform the request. Returns 0 when a response arrived (any status), or a negative errno:

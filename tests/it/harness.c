@@ -82,8 +82,8 @@ int th_envd_start(th_envd_t *e, const char *const *extra)
     snprintf(run_dir, sizeof run_dir, "%s/run", e->dir);
     snprintf(log_file, sizeof log_file, "%s/envd.log", e->dir);
 
-    const char *argv[32] = {envd_bin(), "--port", "0", "--port-file", port_file, "--run-dir",
-                            run_dir};
+    const char *argv[32] = {envd_bin(), "--port",    "0",    "--port-file",
+                            port_file,  "--run-dir", run_dir};
     int n = 7;
     for (const char *const *p = extra; p && *p && n < 30; p++)
         argv[n++] = *p;

@@ -15,8 +15,8 @@
 typedef struct th_envd {
     pid_t pid;
     int port;
-    char url[64];   /* "http://127.0.0.1:<port>" */
-    char dir[256];  /* scratch directory owned by this instance (removed at stop) */
+    char url[64];  /* "http://127.0.0.1:<port>" */
+    char dir[256]; /* scratch directory owned by this instance (removed at stop) */
 } th_envd_t;
 
 /** Start build's wrenn-envd (WRENN_TEST_ENVD_BIN overrides the path) on an ephemeral port with a
@@ -43,9 +43,9 @@ typedef struct th_stream {
     long status;
     char ctype[128];
     size_t n;
-    json_t **msgs;   /* the messages in order (new references) */
-    json_t *end;     /* end-of-stream JSON, NULL when none arrived */
-    bool bad_frame;  /* a malformed envelope was received */
+    json_t **msgs;  /* the messages in order (new references) */
+    json_t *end;    /* end-of-stream JSON, NULL when none arrived */
+    bool bad_frame; /* a malformed envelope was received */
 } th_stream_t;
 
 /** Connect server-stream call: sends json in one envelope, collects until the end (or until

@@ -323,8 +323,9 @@ static void test_remove(void **state)
     mkdir(keep, 0755);
     write_file(keepf, "keep");
     char *t = tpath("rm-tree");
-    char *cmd = xasprintf("mkdir -p %s/a/b/c && echo x > %s/a/b/c/f && echo y > %s/a/g && ln -s %s %s/a/out",
-            t, t, t, keep, t);
+    char *cmd = xasprintf(
+        "mkdir -p %s/a/b/c && echo x > %s/a/b/c/f && echo y > %s/a/g && ln -s %s %s/a/out", t, t, t,
+        keep, t);
     assert_int_equal(th_sh(cmd), 0);
     free(cmd);
     j = call("Remove", &st, "{\"path\":\"%s\"}", t);
@@ -356,10 +357,11 @@ static void test_list_dir(void **state)
     (void)state;
     long st;
     char *root = tpath("ls");
-    char *cmd = xasprintf("mkdir -p %s/d1/d2/d3 && echo a > %s/a.txt && echo b > %s/d1/b.txt && "
-            "echo c > %s/d1/d2/c.txt && echo deep > %s/d1/d2/d3/deep.txt && ln -s d1 %s/link && "
-            "ln -s %s %s-rootlink",
-            root, root, root, root, root, root, root, root);
+    char *cmd = xasprintf(
+        "mkdir -p %s/d1/d2/d3 && echo a > %s/a.txt && echo b > %s/d1/b.txt && "
+        "echo c > %s/d1/d2/c.txt && echo deep > %s/d1/d2/d3/deep.txt && ln -s d1 %s/link && "
+        "ln -s %s %s-rootlink",
+        root, root, root, root, root, root, root, root);
     assert_int_equal(th_sh(cmd), 0);
     free(cmd);
 

@@ -102,9 +102,9 @@ static int setup(void **state)
     char port[16], log[300];
     snprintf(port, sizeof port, "%d", envd.port);
     snprintf(log, sizeof log, "%s/envd.log", dir);
-    const char *argv[] = {"unshare", "--mount", "--pid", "--uts", "--fork",
-                          "--propagation", "private", "--kill-child", bin,
-                          "--port", port, "--addr", "127.0.0.1", NULL};
+    const char *argv[] = {
+        "unshare",      "--mount", "--pid",  "--uts", "--fork", "--propagation", "private",
+        "--kill-child", bin,       "--port", port,    "--addr", "127.0.0.1",     NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -150,8 +150,9 @@ static void test_mounts_and_hostname(void **state)
     assert_string_equal(h, "sandbox\n");
     free(h);
     char *m = run("cat /proc/mounts");
-    const char *want[] = {" /proc proc ", " /sys sysfs ", " /dev devtmpfs ", " /dev/pts devpts ",
-                          " /dev/shm tmpfs ", " /tmp tmpfs ", " /run tmpfs "};
+    const char *want[] = {" /proc proc ",      " /sys sysfs ",     " /dev devtmpfs ",
+                          " /dev/pts devpts ", " /dev/shm tmpfs ", " /tmp tmpfs ",
+                          " /run tmpfs "};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!strstr(m, want[i]))
             fail_msg("mount missing: %s", want[i]);

@@ -136,8 +136,8 @@ static void test_metrics(void **state)
     assert_int_equal(th_http(&envd, "GET", "/metrics", NULL, NULL, 0, &r), 0);
     assert_int_equal(r.status, 200);
     json_t *j = th_json(&r);
-    const char *keys[] = {"ts",        "cpu_count",   "cpu_used_pct", "mem_total_mib",
-                          "mem_used_mib", "mem_total", "mem_used",   "disk_used", "disk_total"};
+    const char *keys[] = {"ts",        "cpu_count", "cpu_used_pct", "mem_total_mib", "mem_used_mib",
+                          "mem_total", "mem_used",  "disk_used",    "disk_total"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         assert_non_null(json_object_get(j, keys[i]));
     assert_true(json_integer_value(json_object_get(j, "cpu_count")) >= 1);
@@ -151,8 +151,7 @@ static void test_cors_preflight(void **state)
     (void)state;
     httpc_resp_t r;
     httpc_resp_init(&r);
-    const char *h[] = {"Origin: http://example.test", "Access-Control-Request-Method: POST",
-                       NULL};
+    const char *h[] = {"Origin: http://example.test", "Access-Control-Request-Method: POST", NULL};
     assert_int_equal(th_http(&envd, "OPTIONS", "/process.Process/Start", h, NULL, 0, &r), 0);
     assert_int_equal(r.status, 204);
     char v[128];

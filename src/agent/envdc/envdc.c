@@ -187,6 +187,9 @@ static int exec_event(struct exec_ctx *x, const json_t *msg)
             rc = cb->on_output(x->ud, stream, out.data, out.len);
         buf_fini(&out);
         return rc;
+    } else if (pjson_get(ev, "keepalive")) {
+        if (cb->on_idle)
+            return cb->on_idle(x->ud);
     } else if (end) {
         int64_t code = 0;
         pjson_i64(end, "exitCode", &code, NULL, NULL);
@@ -273,8 +276,11 @@ int envdc_exec(const envdc_t *c, const envdc_exec_req_t *r, const envdc_exec_cb_
     snprintf(url, sizeof url, "%s/process.Process/Start", c->base);
     snprintf(tok, sizeof tok, "X-Access-Token: %s", c->token);
     snprintf(tmo, sizeof tmo, "Connect-Timeout-Ms: %ld", r->timeout_ms);
-    const char *hdrs[6];
+    const char *hdrs[8];
     int nh = 0;
+    char ka[64];
+    snprintf(ka, sizeof ka, "Keepalive-Ping-Interval: %d", ENVDC_KEEPALIVE_S);
+    hdrs[nh++] = ka;
     hdrs[nh++] = "Content-Type: application/connect+json";
     hdrs[nh++] = "Connect-Protocol-Version: 1";
     hdrs[nh++] = auth;
@@ -292,7 +298,10 @@ int envdc_exec(const envdc_t *c, const envdc_exec_req_t *r, const envdc_exec_cb_
     /* The transfer itself gets a little more than the process's own deadline. */
     httpc_req_t q = {.method = "POST", .url = url, .headers = hdrs, .body = body.data,
                      .body_len = body.len, .on_data = exec_on_data, .ud = &x,
-                     .timeout_ms = r->timeout_ms > 0 ? r->timeout_ms + 5000 : 0};
+                     .timeout_ms = r->timeout_ms > 0 ? r->timeout_ms + 5000 : 0,
+                     /* A VM that died (or was destroyed) mid-stream sends nothing, not even
+                      * a reset: its keepalives stopping is how we notice. */
+                     .idle_timeout_ms = ENVDC_SILENCE_MS};
     int rc = httpc_do(h, &q, &resp, e);
     if (x.err < 0) {
         rc = x.err;
@@ -354,7 +363,7 @@ int envdc_upload(const envdc_t *c, const char *path, const void *data, size_t le
     httpc_resp_init(&r);
     httpc_req_t q = {.method = "POST", .url = url, .headers = hdrs,
                      .body = body_read ? NULL : (data ? data : ""), .body_len = len,
-                     .body_read = body_read, .ud = ud};
+                     .body_read = body_read, .ud = ud, .idle_timeout_ms = ENVDC_SILENCE_MS};
     int rc = httpc_do(h, &q, &r, e);
     if (rc == 0 && (r.status < 200 || r.status >= 300))
         rc = guest_status_err(&r, "upload", e);
@@ -394,7 +403,7 @@ int envdc_download(const envdc_t *c, const char *path,
     httpc_resp_init(&r);
     struct dl_ctx x = {.resp = &r, .on_data = on_data, .ud = ud};
     httpc_req_t q = {.method = "GET", .url = url, .headers = hdrs, .on_data = dl_on_data,
-                     .ud = &x};
+                     .ud = &x, .idle_timeout_ms = ENVDC_SILENCE_MS};
     int rc = httpc_do(h, &q, &r, e);
     if (rc == 0 && r.status != 200)
         rc = guest_status_err(&r, "download", e);

@@ -41,7 +41,15 @@ typedef struct envdc_exec_cb {
     int (*on_output)(void *ud, int stream, const char *data, size_t len);
     /* error: the guest's wait text ("exit status 1", "signal: killed"), "" on exit 0. */
     int (*on_end)(void *ud, int exit_code, const char *error);
+    /* Called on the guest's keepalive (every ENVDC_KEEPALIVE_S while the process is quiet), so
+     * a caller whose own client went away can stop waiting. */
+    int (*on_idle)(void *ud);
 } envdc_exec_cb_t;
+
+/** How often a quiet process stream carries a keepalive, and how long the stream may then stay
+ * silent before the guest counts as gone (-ETIMEDOUT). */
+#define ENVDC_KEEPALIVE_S 10
+#define ENVDC_SILENCE_MS 45000
 
 typedef struct envdc_exec_req {
     const char *cmd;

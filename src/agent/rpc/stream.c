@@ -210,13 +210,18 @@ static int ev_end(void *ud, int code, const char *err)
     return rc;
 }
 
+static int ev_idle(void *ud)
+{
+    return cancelled(ud) ? -1 : 0;
+}
+
 static void *exec_worker(void *ud)
 {
     pump_t *p = ud;
     err_t e = {0};
     envdc_exec_req_t q = {.cmd = p->cmd, .args = (const char *const *)p->args,
                           .nargs = p->nargs, .timeout_ms = p->timeout_ms};
-    envdc_exec_cb_t cb = {ev_start, ev_output, ev_end};
+    envdc_exec_cb_t cb = {ev_start, ev_output, ev_end, ev_idle};
     int rc = envdc_exec(&p->target, &q, &cb, p, &e);
     sbx_touch(p->rpc->mgr, p->id, NULL);
     if (rc < 0 && !cancelled(p)) {

@@ -478,3 +478,34 @@ int cg_destroy(const cg_t *cg, err_t *e)
     }
     return rc;
 }
+
+int cg_reap_empty(const char *prefix, err_t *e)
+{
+    cg_t self;
+    int rc = resolve(NULL, &self, e);
+    if (rc < 0)
+        return rc;
+    if (!prefix || !*prefix)
+        return err_set(e, -EINVAL, "cgroup: reaping needs a name prefix");
+    int removed = 0;
+    size_t pl = strlen(prefix);
+    for (int i = 0; i < self.ndirs; i++) {
+        DIR *d = opendir(self.dirs[i]);
+        if (!d)
+            continue;
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (de->d_type != DT_DIR || strncmp(de->d_name, prefix, pl) != 0)
+                continue;
+            char path[1024];
+            snprintf(path, sizeof path, "%s%s", self.dirs[i], de->d_name);
+            /* rmdir fails with EBUSY while the group has processes or children. */
+            if (rmdir(path) == 0) {
+                removed++;
+                log_info("cgroup reaped", "dir=%s", path);
+            }
+        }
+        closedir(d);
+    }
+    return removed;
+}

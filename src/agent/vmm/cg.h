@@ -56,4 +56,9 @@ bool cg_has_pid(const cg_t *cg, pid_t pid);
  * group that does not exist is not an error. */
 int cg_destroy(const cg_t *cg, err_t *e);
 
+/** Remove every empty child group of the caller's own groups whose name starts with prefix
+ * (leftovers of VMs that died while nobody watched); groups with processes stay. Returns the
+ * number removed. */
+int cg_reap_empty(const char *prefix, err_t *e);
+
 #endif

@@ -1350,6 +1350,11 @@ int vmm_qemu_cleanup(const vmm_spec_t *spec, err_t *e)
     return rc;
 }
 
+int vmm_qemu_reap_cgroups(const char *prefix, err_t *e)
+{
+    return cg_reap_empty(prefix, e);
+}
+
 int vmm_qemu_adopt(const vmm_spec_t *spec, const vmm_state_t *st, vmm_vm_t **out, err_t *e)
 {
     if (out)

@@ -2,7 +2,8 @@
  *
  * Changes to the given interface (all additive): vmm_spec_t.qemu_bin (optional binary path);
  * vmm_release() (drop a handle without stopping the VM, what an agent restart does);
- * vmm_qemu_cleanup() (remove what a dead VM left: cgroups, QMP socket); vmm_qmp(),
+ * vmm_qemu_cleanup() (remove what a dead VM left: cgroups, QMP socket);
+ * vmm_qemu_reap_cgroups() (empty cgroups of VMs that died unwatched); vmm_qmp(),
  * vmm_pause(), vmm_resume(), vmm_query_status() (the QMP calls the snapshot work builds on).
  *
  * Two drivers implement it: qemu (QEMU microvm over QMP; what runs on every machine) and,
@@ -91,6 +92,11 @@ int vmm_qemu_adopt(const vmm_spec_t *spec, const vmm_state_t *st, vmm_vm_t **out
 
 /** Remove what a VM that is no longer running left behind: its cgroups and QMP socket. */
 int vmm_qemu_cleanup(const vmm_spec_t *spec, err_t *e);
+
+/** At agent start, after stray VMs were killed: remove every empty cgroup named prefix* under
+ * the agent's own groups (a running VM's group is never empty, so it stays). Returns how many
+ * were removed. */
+int vmm_qemu_reap_cgroups(const char *prefix, err_t *e);
 
 /** Stop the VM: ask politely (QMP quit), wait up to grace_ms, then SIGKILL. Always reaps (when
  * the VM is our child), removes the QMP socket and the cgroups, and frees; vm may be NULL.

@@ -71,8 +71,8 @@ int ta_ensure_image(const char *name)
         return -1;
     flock(fd, LOCK_EX);
     /* build.sh is cached by the hash of its inputs: a rebuild of an unchanged image is quick. */
-    char *argv[] = {(char *)agent_bin(), "image", "build", (char *)name, "--root", (char *)cache,
-                    NULL};
+    char *argv[] = {(char *)agent_bin(), "image", "build", (char *)name, "--root",
+                    (char *)cache,       NULL};
     int rc = run(argv);
     flock(fd, LOCK_UN);
     close(fd);
@@ -86,11 +86,11 @@ static int spawn_agent(ta_agent_t *a)
     char port_file[300];
     snprintf(port_file, sizeof port_file, "%s/port", a->dir);
     unlink(port_file);
-    const char *argv[] = {agent_bin(), "--root", a->root, "--listen", "127.0.0.1:0",
-                          "--port-file", port_file, "--log-level", "debug",
+    const char *argv[] = {agent_bin(), "--root", a->root, "--listen", "127.0.0.1:0", "--port-file",
+                          port_file, "--log-level", "debug",
                           /* CI machines run several TCG guests at once on two cores. */
-                          "--boot-timeout-ms", "120000",
-                          a->own_secret ? NULL : "--secret", TA_SECRET, NULL};
+                          "--boot-timeout-ms", "120000", a->own_secret ? NULL : "--secret",
+                          TA_SECRET, NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     if (!getenv("WRENN_TEST_VERBOSE"))
@@ -238,8 +238,9 @@ long ta_call(ta_agent_t *a, const char *method, const char *json, json_t **out)
 char *ta_create(ta_agent_t *a, const char *template_name, int timeout_sec)
 {
     char body[256];
-    snprintf(body, sizeof body, "{\"template\":\"%s\",\"vcpus\":1,\"memoryMb\":256,"
-                                "\"timeoutSec\":%d}",
+    snprintf(body, sizeof body,
+             "{\"template\":\"%s\",\"vcpus\":1,\"memoryMb\":256,"
+             "\"timeoutSec\":%d}",
              template_name, timeout_sec);
     json_t *r = NULL;
     long st = ta_call(a, "CreateSandbox", body, &r);

@@ -13,9 +13,9 @@
 #define TA_SECRET "test-secret-0123456789abcdef"
 
 typedef struct ta_agent {
-    th_envd_t h;     /* url/port/pid, reused for th_unary/th_stream */
-    char root[320];  /* --root (kept across restarts of the same agent) */
-    char dir[256];   /* scratch: logs, port file */
+    th_envd_t h;    /* url/port/pid, reused for th_unary/th_stream */
+    char root[320]; /* --root (kept across restarts of the same agent) */
+    char dir[256];  /* scratch: logs, port file */
     char log[320];
     bool own_secret; /* no --secret: the agent makes <root>/agent.secret (see ta_start_own) */
 } ta_agent_t;

@@ -38,8 +38,7 @@ static int teardown(void **state)
 static void expect_code(long st, json_t *body, long want_status, const char *want_code)
 {
     char *dump = body ? json_dumps(body, 0) : NULL;
-    if (st != want_status || !body ||
-        !json_string_value(json_object_get(body, "code")) ||
+    if (st != want_status || !body || !json_string_value(json_object_get(body, "code")) ||
         strcmp(json_string_value(json_object_get(body, "code")), want_code) != 0)
         fprintf(stderr, "# got %ld %s, want %ld %s\n", st, dump ? dump : "(none)", want_status,
                 want_code);
@@ -58,8 +57,12 @@ static const char *const unary_methods[] = {
 static void test_auth_required(void **state)
 {
     (void)state;
-    const char *bad[] = {NULL, "Bearer wrong-secret-0123456789abcdef", "Bearer ",
-                         "Basic " TA_SECRET, "Bearer " TA_SECRET "x", "Bearer test"};
+    const char *bad[] = {NULL,
+                         "Bearer wrong-secret-0123456789abcdef",
+                         "Bearer ",
+                         "Basic " TA_SECRET,
+                         "Bearer " TA_SECRET "x",
+                         "Bearer test"};
     for (size_t m = 0; m < sizeof unary_methods / sizeof *unary_methods; m++) {
         for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
             json_t *r = NULL;
@@ -75,8 +78,9 @@ static void test_auth_required(void **state)
         snprintf(path, sizeof path, "/hostagent.v1.HostAgentService/%s", streams[m]);
         const char *h[] = {"Authorization: Bearer nope-nope-nope-nope", NULL};
         th_stream_t s;
-        assert_int_equal(th_stream(&ag.h, path, "{\"sandboxId\":\"x\",\"cmd\":\"a\",\"path\":\"/\"}",
-                                   h, NULL, NULL, &s),
+        assert_int_equal(th_stream(&ag.h, path,
+                                   "{\"sandboxId\":\"x\",\"cmd\":\"a\",\"path\":\"/\"}", h, NULL,
+                                   NULL, &s),
                          0);
         assert_int_equal(s.status, 200);
         assert_int_equal(s.n, 0);
@@ -126,23 +130,23 @@ static void test_unknown_sandbox(void **state)
                                "{\"sandboxId\":\"sb-00000000\",\"cmd\":\"/bin/true\"}", h, NULL,
                                NULL, &s),
                      0);
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(s.end, "error"), "code")), "not_found");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(s.end, "error"), "code")),
+                        "not_found");
     th_stream_fini(&s);
     assert_int_equal(th_stream(&ag.h, "/hostagent.v1.HostAgentService/ReadFileStream",
                                "{\"sandboxId\":\"sb-00000000\",\"path\":\"/x\"}", h, NULL, NULL,
                                &s),
                      0);
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(s.end, "error"), "code")), "not_found");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(s.end, "error"), "code")),
+                        "not_found");
     th_stream_fini(&s);
     /* WriteFileStream: its meta names an unknown sandbox. */
     assert_int_equal(th_stream(&ag.h, "/hostagent.v1.HostAgentService/WriteFileStream",
                                "{\"meta\":{\"sandboxId\":\"sb-00000000\",\"path\":\"/x\"}}", h,
                                NULL, NULL, &s),
                      0);
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(s.end, "error"), "code")), "not_found");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(s.end, "error"), "code")),
+                        "not_found");
     th_stream_fini(&s);
 }
 
@@ -156,18 +160,16 @@ static void test_write_stream_protocol(void **state)
                                "{\"chunk\":\"aGk=\"}", h, NULL, NULL, &s),
                      0);
     assert_int_equal(s.status, 200);
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(s.end, "error"), "code")),
-        "invalid_argument");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(s.end, "error"), "code")),
+                        "invalid_argument");
     th_stream_fini(&s);
     /* An empty stream: no envelope at all. */
     httpc_resp_t r;
     httpc_resp_init(&r);
     const char *hh[] = {"Content-Type: application/connect+json",
                         "Authorization: Bearer " TA_SECRET, NULL};
-    assert_int_equal(th_http(&ag.h, "POST", "/hostagent.v1.HostAgentService/WriteFileStream", hh,
-                             "", 0, &r),
-                     0);
+    assert_int_equal(
+        th_http(&ag.h, "POST", "/hostagent.v1.HostAgentService/WriteFileStream", hh, "", 0, &r), 0);
     assert_int_equal(r.status, 200);
     assert_true(r.body.len > 5);
     assert_int_equal((unsigned char)r.body.data[0], CONNECT_FLAG_END_STREAM);
@@ -185,8 +187,16 @@ static void test_write_stream_protocol(void **state)
 static void test_bad_templates(void **state)
 {
     (void)state;
-    const char *bad[] = {"..", ".", ".hidden", "foo/bar", "foo\\\\bar", "../etc/passwd",
-                         "foo/../bar", "foo bar", "/etc/passwd", "~root",
+    const char *bad[] = {"..",
+                         ".",
+                         ".hidden",
+                         "foo/bar",
+                         "foo\\\\bar",
+                         "../etc/passwd",
+                         "foo/../bar",
+                         "foo bar",
+                         "/etc/passwd",
+                         "~root",
                          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         char body[256];
@@ -212,16 +222,11 @@ static void test_absurd_sizes(void **state)
 {
     (void)state;
     const char *bad[] = {
-        "{\"vcpus\":64}",
-        "{\"vcpus\":\"9223372036854775807\"}",
-        "{\"vcpus\":1000000}",
-        "{\"memoryMb\":16}",
-        "{\"memoryMb\":1048576}",
-        "{\"memoryMb\":\"99999999999\"}",
-        "{\"timeoutSec\":-1}",
-        "{\"vcpus\":\"many\"}",
-        "{\"memoryMb\":1.5e300}",
-        "{\"envVars\":[1,2]}",
+        "{\"vcpus\":64}",         "{\"vcpus\":\"9223372036854775807\"}",
+        "{\"vcpus\":1000000}",    "{\"memoryMb\":16}",
+        "{\"memoryMb\":1048576}", "{\"memoryMb\":\"99999999999\"}",
+        "{\"timeoutSec\":-1}",    "{\"vcpus\":\"many\"}",
+        "{\"memoryMb\":1.5e300}", "{\"envVars\":[1,2]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         json_t *r = NULL;
@@ -293,14 +298,10 @@ int main(void)
 {
     th_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ping_and_list),
-        cmocka_unit_test(test_auth_required),
-        cmocka_unit_test(test_unknown_sandbox),
-        cmocka_unit_test(test_write_stream_protocol),
-        cmocka_unit_test(test_bad_templates),
-        cmocka_unit_test(test_absurd_sizes),
-        cmocka_unit_test(test_own_secret),
-        cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_ping_and_list),   cmocka_unit_test(test_auth_required),
+        cmocka_unit_test(test_unknown_sandbox), cmocka_unit_test(test_write_stream_protocol),
+        cmocka_unit_test(test_bad_templates),   cmocka_unit_test(test_absurd_sizes),
+        cmocka_unit_test(test_own_secret),      cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests_name("agent_rpc", tests, setup, teardown);
 }

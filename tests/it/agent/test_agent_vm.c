@@ -150,9 +150,8 @@ static void test_minimal_exec(void **state)
              id);
     const char *h[] = {"Authorization: Bearer " TA_SECRET, NULL};
     th_stream_t s;
-    assert_int_equal(th_stream(&ag.h, "/hostagent.v1.HostAgentService/ExecStream", body, h, NULL,
-                               NULL, &s),
-                     0);
+    assert_int_equal(
+        th_stream(&ag.h, "/hostagent.v1.HostAgentService/ExecStream", body, h, NULL, NULL, &s), 0);
     assert_int_equal(s.status, 200);
     assert_non_null(s.end);
     assert_null(json_object_get(s.end, "error"));
@@ -221,8 +220,8 @@ static void test_files_20mib(void **state)
 
     /* Unary WriteFile / ReadFile. */
     char *b64 = th_b64(data.data, data.len);
-    json_t *req = json_pack("{s:s,s:s,s:s}", "sandboxId", id, "path", "/tmp/big-unary", "content",
-                            b64);
+    json_t *req =
+        json_pack("{s:s,s:s,s:s}", "sandboxId", id, "path", "/tmp/big-unary", "content", b64);
     free(b64);
     char *body = json_dumps(req, 0);
     json_decref(req);
@@ -271,9 +270,9 @@ static void test_files_20mib(void **state)
     const char *h[] = {"Authorization: Bearer " TA_SECRET, NULL};
     th_stream_t s;
     snprintf(small, sizeof small, "{\"sandboxId\":\"%s\",\"path\":\"/tmp/big-stream\"}", id);
-    assert_int_equal(th_stream(&ag.h, "/hostagent.v1.HostAgentService/ReadFileStream", small, h,
-                               NULL, NULL, &s),
-                     0);
+    assert_int_equal(
+        th_stream(&ag.h, "/hostagent.v1.HostAgentService/ReadFileStream", small, h, NULL, NULL, &s),
+        0);
     assert_non_null(s.end);
     assert_null(json_object_get(s.end, "error"));
     buf_reset(&got);
@@ -292,9 +291,9 @@ static void test_files_20mib(void **state)
     /* The guest agrees on the content. */
     buf_t out;
     buf_init(&out);
-    assert_int_equal(ta_sh(&ag, id, "cmp /tmp/big-unary /tmp/big-stream && wc -c < /tmp/big-stream",
-                           &out, NULL),
-                     0);
+    assert_int_equal(
+        ta_sh(&ag, id, "cmp /tmp/big-unary /tmp/big-stream && wc -c < /tmp/big-stream", &out, NULL),
+        0);
     assert_int_equal(atol(out.data), (long)size);
     buf_fini(&out);
 
@@ -392,13 +391,14 @@ static void test_five_isolated(void **state)
         int j = (i + 1) % NSBX;
         char cmd[1024];
         /* Another sandbox's envd, its files, the host's other ports: all out of reach. */
-        snprintf(cmd, sizeof cmd,
-                 "r=0; for t in '%s 49983' '169.254.0.22 %d' '169.254.0.22 22' '169.254.0.22 49983'; "
-                 "do echo x | nc -w 3 $t >/dev/null 2>&1 && { echo reached $t; r=1; }; done; "
-                 "for h in %s; do "
-                 "echo x | nc -w 3 $h %d >/dev/null 2>&1 && { echo reached $h; r=1; }; done; "
-                 "test -e /tmp/marker-%d && { echo sees marker-%d; r=1; }; exit $r",
-                 ip[j], port, hostips.data, port, j, j);
+        snprintf(
+            cmd, sizeof cmd,
+            "r=0; for t in '%s 49983' '169.254.0.22 %d' '169.254.0.22 22' '169.254.0.22 49983'; "
+            "do echo x | nc -w 3 $t >/dev/null 2>&1 && { echo reached $t; r=1; }; done; "
+            "for h in %s; do "
+            "echo x | nc -w 3 $h %d >/dev/null 2>&1 && { echo reached $h; r=1; }; done; "
+            "test -e /tmp/marker-%d && { echo sees marker-%d; r=1; }; exit $r",
+            ip[j], port, hostips.data, port, j, j);
         buf_reset(&out);
         int rc = ta_sh(&ag, c[i].id, cmd, &out, NULL);
         if (rc != 0)
@@ -463,9 +463,9 @@ static void test_hostile_guest_contained(void **state)
     assert_non_null(bad);
     assert_non_null(good);
     /* Memory: far more than the guest has. Then processes: a fork bomb, bounded in time. */
-    json_t *q = json_pack("{s:s,s:s,s:[s,s],s:i}", "sandboxId", bad, "cmd", "/bin/sh", "args",
-                          "-c", "head -c 2G /dev/zero | tail > /dev/null; echo tail=$?",
-                          "timeoutSec", 120);
+    json_t *q =
+        json_pack("{s:s,s:s,s:[s,s],s:i}", "sandboxId", bad, "cmd", "/bin/sh", "args", "-c",
+                  "head -c 2G /dev/zero | tail > /dev/null; echo tail=$?", "timeoutSec", 120);
     char *body = json_dumps(q, 0);
     json_decref(q);
     json_t *r = NULL;
@@ -514,9 +514,8 @@ static void test_base_python(void **state)
     assert_int_equal(json_integer_value(json_object_get(r, "exitCode")), 0);
     json_decref(r);
     buf_reset(&out);
-    assert_int_equal(ta_sh(&ag, id, "id -u user && bash -c 'echo $BASH_VERSION' | cut -c1", &out,
-                           NULL),
-                     0);
+    assert_int_equal(
+        ta_sh(&ag, id, "id -u user && bash -c 'echo $BASH_VERSION' | cut -c1", &out, NULL), 0);
     assert_string_equal(out.data, "1000\n5\n");
     buf_fini(&out);
     destroy(id);

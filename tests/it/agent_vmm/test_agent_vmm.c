@@ -761,6 +761,19 @@ static void test_sigkill_noticed(void **state)
     assert_true(pfd >= 0);
     struct pollfd p = {.fd = pfd, .events = POLLIN};
     assert_int_equal(poll(&p, 1, 0), 0);
+
+    /* Reaping leftover groups spares a running VM's and removes an empty one. */
+    cg_t cg, empty;
+    char ename[64];
+    snprintf(ename, sizeof ename, "%s-x", s->cgroup);
+    cg_limits_t lim = {.pids = 4};
+    assert_int_equal(cg_create(ename, &lim, &empty, &e), 0);
+    assert_int_equal(vmm_qemu_reap_cgroups(s->cgroup, &e), empty.ndirs);
+    for (int i = 0; i < empty.ndirs; i++)
+        assert_int_equal(access(empty.dirs[i], F_OK), -1);
+    assert_int_equal(cg_lookup(s->cgroup, &cg, &e), 0);
+    assert_true(cg_has_pid(&cg, st.pid));
+
     assert_int_equal(kill(st.pid, SIGKILL), 0);
     int64_t t0 = now_ms();
     assert_int_equal(poll(&p, 1, 5000), 1);
@@ -772,8 +785,6 @@ static void test_sigkill_noticed(void **state)
     assert_int_equal(vmm_stop(vm, 5000, &e), 0);
     assert_true(now_ms() - t0 < 3000);
     assert_false(pid_exists(st.pid));
-    cg_t cg;
-    assert_int_equal(cg_lookup(s->cgroup, &cg, &e), 0);
     for (int i = 0; i < cg.ndirs; i++)
         assert_int_equal(access(cg.dirs[i], F_OK), -1);
     sbx_fini(s);
