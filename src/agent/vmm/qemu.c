@@ -327,6 +327,20 @@ static bool good_path(const char *p)
     return true;
 }
 
+/* Whether path, with every symlink resolved, lies strictly under dir (also resolved). */
+static bool path_under(const char *path, const char *dir)
+{
+    char *rp = realpath(path, NULL), *rd = realpath(dir, NULL);
+    bool ok = false;
+    if (rp && rd) {
+        size_t l = strlen(rd);
+        ok = strncmp(rp, rd, l) == 0 && (rp[l] == '/' || (l == 1 && rd[0] == '/'));
+    }
+    free(rp);
+    free(rd);
+    return ok;
+}
+
 static bool good_mac(const char *m)
 {
     if (!m || strlen(m) != 17)
@@ -1099,6 +1113,11 @@ int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e)
                 break;
             if (!good_path(chain[nchain]) || access(chain[nchain], R_OK) < 0) {
                 rc = err_set(e, -EINVAL, "vmm: backing file %s is not usable", chain[nchain]);
+                goto fail;
+            }
+            if (spec->backing_root && !path_under(chain[nchain], spec->backing_root)) {
+                rc = err_set(e, -EPERM, "vmm: backing file %s is outside %s", chain[nchain],
+                             spec->backing_root);
                 goto fail;
             }
             cur = chain[nchain++];

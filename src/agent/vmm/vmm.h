@@ -1,6 +1,7 @@
 /* The VMM driver interface: how the host agent starts, stops and inspects one VM.
  *
- * Changes to the given interface (all additive): vmm_spec_t.qemu_bin (optional binary path);
+ * Changes to the given interface (all additive): vmm_spec_t.qemu_bin (optional binary path),
+ * vmm_spec_t.backing_root (where a root disk's backing files may live);
  * vmm_release() (drop a handle without stopping the VM, what an agent restart does);
  * vmm_qemu_cleanup() (remove what a dead VM left: cgroups, QMP socket);
  * vmm_qemu_reap_cgroups() (empty cgroups of VMs that died unwatched); vmm_qmp(),
@@ -68,6 +69,10 @@ typedef struct vmm_spec {
     const char *cgroup;   /* cgroup leaf name created under the agent's own cgroup in each
                            * hierarchy (see cg.h), NULL: none */
     const char *qemu_bin; /* NULL: /usr/bin/qemu-system-x86_64 */
+    /* When set, every backing file of a qcow2 rootfs must resolve to a path under this
+     * directory (e.g. <root>/images). A QEMU that was compromised can rewrite its overlay's
+     * header; the next start of that overlay would otherwise show it any host file. */
+    const char *backing_root;
 } vmm_spec_t;
 
 /** What the agent persists to re-adopt a VM after its own restart. */

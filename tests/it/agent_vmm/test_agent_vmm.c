@@ -396,6 +396,7 @@ static sbx_t *sbx_new(void)
         .uid = T.uid,
         .gid = T.uid,
         .cgroup = s->cgroup,
+        .backing_root = T.cache,
     };
     return s;
 }
@@ -536,6 +537,11 @@ static void test_bad_spec(void **state)
     struct stat kst;
     assert_int_equal(stat(T.kernel, &kst), 0);
     assert_int_equal(kst.st_uid, 0);
+    expect_leftover_free(s);
+    /* A backing file outside backing_root (a header rewritten by a compromised QEMU). */
+    b = s->spec;
+    b.backing_root = T.tmp;
+    assert_int_equal(vmm_qemu_start(&b, &vm, &e), -EPERM);
     expect_leftover_free(s);
     /* QEMU itself refusing: a qcow2 header with a cluster size QEMU does not support. */
     char junk[500];
@@ -764,7 +770,7 @@ static void test_sigkill_noticed(void **state)
 
     /* Reaping leftover groups spares a running VM's and removes an empty one. */
     cg_t cg, empty;
-    char ename[64];
+    char ename[80];
     snprintf(ename, sizeof ename, "%s-x", s->cgroup);
     cg_limits_t lim = {.pids = 4};
     assert_int_equal(cg_create(ename, &lim, &empty, &e), 0);
@@ -806,6 +812,7 @@ static void test_adopt(void **state)
     assert_int_equal(chmod(mid, 0644), 0);
     assert_int_equal(disk_remove(s->overlay, &e), 0);
     assert_int_equal(disk_overlay_create(mid, "qcow2", s->overlay, &e), 0);
+    s->spec.backing_root = "/"; /* the layers live in two trees here */
     /* The "old agent": a process that starts the VM, reports its state and dies without
      * stopping it, so QEMU is no longer our child (as after kill -9 of the agent). */
     int pp[2];
