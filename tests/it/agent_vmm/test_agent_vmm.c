@@ -796,6 +796,34 @@ static void test_sigkill_noticed(void **state)
     sbx_fini(s);
 }
 
+/* A VMM that does not answer (stopped with SIGSTOP): quit times out, SIGKILL after the grace
+ * period, still reaped and cleaned up. */
+static void test_stop_forced(void **state)
+{
+    (void)state;
+    SKIP_UNLESS_READY();
+    sbx_t *s = sbx_new();
+    vmm_vm_t *vm = NULL;
+    err_t e = {0};
+    assert_int_equal(vmm_qemu_start(&s->spec, &vm, &e), 0);
+    s->vm = vm;
+    vmm_state_t st;
+    vmm_get_state(vm, &st);
+    assert_int_equal(kill(st.pid, SIGSTOP), 0);
+    int64_t t0 = now_ms();
+    s->vm = NULL;
+    assert_int_equal(vmm_stop(vm, 500, &e), 0);
+    int64_t took = now_ms() - t0;
+    fprintf(stderr, "# forced stop took %lld ms\n", (long long)took);
+    assert_true(took >= 500 && took < 5000);
+    assert_false(pid_exists(st.pid));
+    cg_t cg;
+    assert_int_equal(cg_lookup(s->cgroup, &cg, &e), 0);
+    for (int i = 0; i < cg.ndirs; i++)
+        assert_int_equal(access(cg.dirs[i], F_OK), -1);
+    sbx_fini(s);
+}
+
 /* ---- adoption after a restart -------------------------------------------------------------- */
 
 static void test_adopt(void **state)
@@ -921,6 +949,7 @@ int main(void)
         cmocka_unit_test_teardown(test_bad_spec, test_teardown),
         cmocka_unit_test_teardown(test_boot_health_stop, test_teardown),
         cmocka_unit_test_teardown(test_sigkill_noticed, test_teardown),
+        cmocka_unit_test_teardown(test_stop_forced, test_teardown),
         cmocka_unit_test_teardown(test_adopt, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
