@@ -48,15 +48,15 @@ _Noreturn void envd_init_main(int argc, char **argv)
             sigemptyset(&none);
             sigprocmask(SIG_SETMASK, &none, NULL);
             setsid();
-            /* The agent gets init's own arguments (from the kernel command line) plus --in-vm. */
+            /* The agent gets init's own arguments (from the kernel command line) plus --in-vm.
+             * init is single-threaded, so the forked child may simply run the agent. */
             char *args[66];
             int n = 0;
             for (int i = 0; i < argc && n < 64; i++)
                 args[n++] = argv[i];
             args[n++] = "--in-vm";
             args[n] = NULL;
-            execv("/proc/self/exe", args);
-            _exit(127);
+            _exit(envd_main(n, args));
         }
         if (child < 0) {
             sleep(1);

@@ -49,6 +49,11 @@ int main(int argc, char **argv)
 {
     if (getpid() == 1)
         envd_init_main(argc, argv);
+    return envd_main(argc, argv);
+}
+
+int envd_main(int argc, char **argv)
+{
 
     long port = ENVD_DEFAULT_PORT;
     const char *addr = NULL, *port_file = NULL, *log_level = "info", *run_dir = "/run/wrenn";
