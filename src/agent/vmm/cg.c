@@ -172,7 +172,7 @@ static int v2_delegate(char *base, size_t blen, const char *ctrls)
         write_file(leaf, "cgroup.procs", line, &ign); /* processes may exit meanwhile */
     }
     fclose(f);
-    log_info("cgroup delegate", "moved_to=%s", leaf);
+    log_info("vmm.cgroup_delegated", "moved_to=%s", leaf);
     fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
@@ -254,8 +254,8 @@ static void base_init(void)
     if (want[0]) {
         int rc = v2_delegate(v2base, sizeof v2base, want);
         if (rc < 0)
-            log_warn("cgroup delegate failed", "dir=%s controllers=\"%s\" err=\"%s\"", v2base, want,
-                     strerror(-rc));
+            log_warn("vmm.cgroup_delegate_failed", "dir=%s controllers=\"%s\" err=\"%s\"", v2base,
+                     want, strerror(-rc));
     }
 }
 
@@ -353,7 +353,7 @@ int cg_create(const char *name, const cg_limits_t *lim, cg_t *out, err_t *e)
     if (rc < 0)
         return rc;
     if (out->missing[0])
-        log_warn("cgroup controllers missing", "group=%s missing=\"%s\"", name, out->missing);
+        log_warn("vmm.cgroup_controllers_missing", "group=%s missing=\"%s\"", name, out->missing);
     bool made[CG_MAX_DIRS] = {0};
     for (int i = 0; i < out->ndirs; i++) {
         if (mkdir(out->dirs[i], 0755) < 0) {
@@ -502,7 +502,7 @@ int cg_reap_empty(const char *prefix, err_t *e)
             /* rmdir fails with EBUSY while the group has processes or children. */
             if (rmdir(path) == 0) {
                 removed++;
-                log_info("cgroup reaped", "dir=%s", path);
+                log_info("vmm.cgroup_reaped", "dir=%s", path);
             }
         }
         closedir(d);

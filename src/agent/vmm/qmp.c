@@ -44,7 +44,7 @@ static int remaining(int64_t deadline)
 static void queue_event(qmp_t *q, json_t *msg)
 {
     const char *name = json_string_value(json_object_get(msg, "event"));
-    log_debug("qmp event", "event=%s", name ? name : "?");
+    log_debug("vmm.qmp_event", "event=%s", name ? name : "?");
     if (json_array_size(q->events) >= QMP_EVENTS_MAX)
         json_array_remove(q->events, 0);
     json_array_append(q->events, msg);

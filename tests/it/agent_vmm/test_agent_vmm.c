@@ -25,12 +25,14 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../../../src/agent/disk/disk.h"
 #include "../../../src/agent/vmm/cg.h"
+#include "../../../src/agent/vmm/qmp.h"
 #include "../../../src/agent/vmm/vmm.h"
 #include "harness.h"
 #include "log.h"
@@ -461,6 +463,123 @@ static void test_disk_overlay(void **state)
     assert_int_equal(disk_remove(ov, &e), 0);
     assert_int_equal(disk_remove(ov, &e), 0); /* already gone: fine */
     assert_int_equal(access(ov, F_OK), -1);
+}
+
+/* ---- QMP client against a scripted server -------------------------------------------------- */
+
+struct fake_qmp {
+    int lfd;
+};
+
+/* Read one line (a command) from fd; returns its length or -1. */
+static int read_line(int fd, char *buf, size_t len)
+{
+    size_t n = 0;
+    while (n < len - 1) {
+        ssize_t r = read(fd, buf + n, 1);
+        if (r <= 0)
+            return -1;
+        if (buf[n] == '\n')
+            break;
+        n++;
+    }
+    buf[n] = '\0';
+    return (int)n;
+}
+
+static void say(int fd, const char *s)
+{
+    ssize_t w = write(fd, s, strlen(s));
+    (void)w;
+}
+
+static void *fake_qmp_thread(void *arg)
+{
+    struct fake_qmp *f = arg;
+    int c = accept4(f->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0)
+        return NULL;
+    char line[512];
+    say(c, "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n");
+    if (read_line(c, line, sizeof line) < 0 || !strstr(line, "qmp_capabilities"))
+        goto out;
+    /* An event before the reply. */
+    say(c, "{\"event\": \"FIRST\", \"data\": {}}\r\n{\"return\": {}, \"id\": 1}\r\n");
+    if (read_line(c, line, sizeof line) < 0 || !strstr(line, "query-status"))
+        goto out;
+    /* An event, a stray reply to some other id, blank line, then the real reply in two
+     * writes split inside the JSON. */
+    say(c, "{\"event\": \"STOP\"}\r\n{\"return\": {}, \"id\": 99}\r\n\r\n{\"return\": {\"sta");
+    usleep(20000);
+    say(c, "tus\": \"paused\", \"running\": false}, \"id\": 2}\r\n");
+    if (read_line(c, line, sizeof line) < 0)
+        goto out;
+    say(c, "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"nope\"}, \"id\": 3}\r\n");
+    if (read_line(c, line, sizeof line) < 0)
+        goto out;
+    say(c, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"bad\"}, \"id\": 4}\r\n");
+    if (read_line(c, line, sizeof line) < 0)
+        goto out;
+    say(c, "this is not json\r\n");
+    if (read_line(c, line, sizeof line) < 0)
+        goto out;
+    /* "quit": the connection closes before any reply. */
+out:
+    close(c);
+    return NULL;
+}
+
+static void test_qmp_client(void **state)
+{
+    (void)state;
+    char path[108];
+    snprintf(path, sizeof path, "/tmp/wvt-qmp-%d.sock", (int)getpid());
+    unlink(path);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    struct fake_qmp f = {.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    assert_true(f.lfd >= 0);
+    assert_int_equal(bind(f.lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(f.lfd, 1), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, fake_qmp_thread, &f), 0);
+
+    qmp_t *q = NULL;
+    err_t e = {0};
+    assert_int_equal(qmp_connect(path, -1, 2000, &q, &e), 0);
+    json_t *ret = NULL;
+    assert_int_equal(qmp_execute(q, "query-status", NULL, &ret, 2000, &e), 0);
+    assert_string_equal(json_string_value(json_object_get(ret, "status")), "paused");
+    json_decref(ret);
+    /* Both events were queued in arrival order while waiting for replies. */
+    json_t *ev = NULL;
+    assert_int_equal(qmp_wait_event(q, "STOP", 100, &ev, &e), 0);
+    json_decref(ev);
+    ev = qmp_take_event(q);
+    assert_non_null(ev);
+    assert_string_equal(json_string_value(json_object_get(ev, "event")), "FIRST");
+    json_decref(ev);
+    assert_null(qmp_take_event(q));
+    assert_int_equal(qmp_wait_event(q, "NEVER", 50, NULL, &e), -ETIMEDOUT);
+
+    assert_int_equal(qmp_execute(q, "nope", NULL, NULL, 2000, &e), -ENOSYS);
+    assert_int_equal(qmp_execute(q, "stop", json_pack("{s:b}", "x", 1), NULL, 2000, &e), -EIO);
+    assert_non_null(strstr(e.msg, "bad"));
+    assert_int_equal(qmp_execute(q, "cont", NULL, NULL, 2000, &e), -EPROTO);
+    assert_int_equal(qmp_execute(q, "quit", NULL, NULL, 2000, &e), -ECONNRESET);
+    qmp_free(q);
+    pthread_join(th, NULL);
+    close(f.lfd);
+    unlink(path);
+
+    /* Nobody listening, and a listener that never greets. */
+    assert_int_equal(qmp_connect(path, -1, 200, &q, &e), -ENOENT);
+    f.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(bind(f.lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(f.lfd, 1), 0);
+    assert_int_equal(qmp_connect(path, -1, 200, &q, &e), -ETIMEDOUT);
+    close(f.lfd);
+    unlink(path);
 }
 
 /* ---- bad specs ----------------------------------------------------------------------------- */
@@ -946,6 +1065,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_disk_overlay),
+        cmocka_unit_test(test_qmp_client),
         cmocka_unit_test_teardown(test_bad_spec, test_teardown),
         cmocka_unit_test_teardown(test_boot_health_stop, test_teardown),
         cmocka_unit_test_teardown(test_sigkill_noticed, test_teardown),
