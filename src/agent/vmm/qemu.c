@@ -36,6 +36,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -73,6 +74,8 @@
 /* CPU for QEMU's own threads on top of one CPU per vCPU: under TCG its main loop (device
  * emulation, console, disk) used about a fifth of the vCPU thread's time during a boot. */
 #define QEMU_EMULATOR_PCT 50u
+/* What any file QEMU writes may exceed the larger of the disk and the RAM file by. */
+#define QEMU_FILE_SLACK_MB 256ull
 /* Block I/O worker threads; bounding them keeps the pids limit meaningful. */
 #define QEMU_POOL_MAX        8u
 #define QMP_START_TIMEOUT_MS 15000
@@ -774,6 +777,7 @@ enum child_step {
     ST_SETUID,
     ST_EXEC,
     ST_NO_TAP,
+    ST_RLIMIT,
 };
 
 static const char *step_name(int st)
@@ -784,6 +788,7 @@ static const char *step_name(int st)
         "bind mount", "remount bind",    "symlink",        "mknod",       "chown device",
         "pivot_root", "detach old root", "read-only root", "arrange fds", "no_new_privs",
         "setgroups",  "setgid",          "setuid",         "execve",      "find tap",
+        "setrlimit",
     };
     return st > 0 && st < (int)(sizeof names / sizeof names[0]) ? names[st] : "?";
 }
@@ -800,6 +805,7 @@ typedef struct child_ctx {
     const plan_t *plan;
     uid_t uid;
     gid_t gid;
+    uint64_t fsize; /* RLIMIT_FSIZE */
     const char *exe;
     char **argv;
     char **envp;
@@ -912,6 +918,12 @@ static void __attribute__((noreturn)) child_run(child_ctx_t *c)
         syscall(SYS_close_range, herr + 1, ~0U, 0) < 0)
         child_fail(c, ST_FDS);
 
+    /* Bound what QEMU can write to any one file (the console log grows with whatever the guest
+     * prints): the largest file it legitimately writes is the disk or the RAM file. No core
+     * dumps of guest memory. Ignoring SIGXFSZ makes an oversized write fail with EFBIG. */
+    struct rlimit fl = {c->fsize, c->fsize}, core = {0, 0};
+    if (setrlimit(RLIMIT_FSIZE, &fl) < 0 || setrlimit(RLIMIT_CORE, &core) < 0)
+        child_fail(c, ST_RLIMIT);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         child_fail(c, ST_NNP);
     if (c->uid != 0) {
@@ -924,9 +936,10 @@ static void __attribute__((noreturn)) child_run(child_ctx_t *c)
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++)
+    for (int sig = 1; sig < NSIG; sig++) {
+        sa.sa_handler = sig == SIGXFSZ ? SIG_IGN : SIG_DFL;
         sigaction(sig, &sa, NULL); /* fails harmlessly for SIGKILL, SIGSTOP and libc's own */
+    }
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -1125,6 +1138,13 @@ int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e)
         rc = 0;
         err_clear(e);
     }
+    uint64_t disk_size = 0;
+    if ((rc = disk_virtual_size(spec->rootfs, spec->rootfs_format, &disk_size, e)) < 0)
+        goto fail;
+    uint64_t fsize = (uint64_t)spec->memory_mb << 20;
+    if (disk_size > fsize)
+        fsize = disk_size;
+    fsize += QEMU_FILE_SLACK_MB << 20; /* qcow2 metadata */
     cmdline = build_cmdline(spec->cmdline, e, &rc);
     if (!cmdline)
         goto fail;
@@ -1224,6 +1244,7 @@ int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e)
         .plan = &plan,
         .uid = spec->uid,
         .gid = spec->gid,
+        .fsize = fsize,
         .exe = exe,
         .argv = argv.v,
         .envp = empty_env,

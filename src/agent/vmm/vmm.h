@@ -26,11 +26,16 @@
  *   pids; see cg.h) created under the agent's own cgroups with limits from vcpus and memory_mb:
  *   memory = guest RAM + TCG translation cache (256 MiB) + 128 MiB, CPU = vcpus + half a CPU for
  *   QEMU's own threads, tasks = 24 + 2 * vcpus (QEMU's block I/O pool is capped at 8 threads).
- *   Its root is a read-only tmpfs that holds only: the kernel, initrd and backing images
- *   (read-only), the root disk, console.log and mem (read-write, noexec), the QEMU binary, the
- *   shared libraries of /usr/lib/<multiarch> and QEMU's firmware directories (read-only),
- *   /dev/null, /dev/zero, /dev/urandom (and /dev/kvm under KVM). No /proc, /sys, /etc, /home,
- *   /root, no other sandbox's files, no other process (it is PID 1 of its own namespace).
+ *   RLIMIT_FSIZE = max(disk, RAM) + 256 MiB bounds the console log; RLIMIT_CORE = 0.
+ * - What a compromised QEMU can see: its root is a read-only tmpfs holding only the kernel,
+ *   initrd and the disk's backing chain (read-only), the root disk, console.log and mem
+ *   (read-write, noexec), the QEMU binary, the shared libraries in /usr/lib/<multiarch> and
+ *   QEMU's firmware directories (read-only), /dev/null, /dev/zero, /dev/urandom (and /dev/kvm
+ *   under KVM), each at its host path. No /proc, /sys, /etc, /home, /root, no other sandbox's files
+ * (run_dir's record.json, vmm.log and qmp.sock are not in it either), no other process (it is PID 1
+ * of its own namespace). Its open files: those, vmm.log (stderr), the QMP listener and the tap. Its
+ * network is the sandbox's namespace (what the guest can reach, and abstract unix sockets of that
+ * namespace only); its writes to disk are bounded by the file-size limit.
  * - Supervision: a pidfd from clone3(CLONE_PIDFD). The agent must not reap children with a
  *   blanket waitpid(-1): vmm_stop() reaps its own VM.
  */

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -748,6 +749,53 @@ static void check_confinement(const sbx_t *s, pid_t pid)
     snprintf(p, sizeof p, "/proc/%d/root%s", (int)pid, T.base);
     int fd = open(p, O_WRONLY | O_CLOEXEC);
     assert_true(fd < 0 && errno == EROFS);
+
+    /* Every open file is one of its own (no fd of the agent leaked in). */
+    char fdd[64];
+    snprintf(fdd, sizeof fdd, "/proc/%d/fd", (int)pid);
+    DIR *fdir = opendir(fdd);
+    assert_non_null(fdir);
+    struct dirent *de;
+    char mem[600], con[600], log[600];
+    snprintf(mem, sizeof mem, "%s/mem", s->dir);
+    snprintf(con, sizeof con, "%s/console.log", s->dir);
+    snprintf(log, sizeof log, "%s/vmm.log", s->dir);
+    const char *allowed[] = {"/dev/null", "/net/tun", mem, con, log, s->overlay, T.base};
+    while ((de = readdir(fdir))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char l[700], t[700];
+        snprintf(l, sizeof l, "%s/%s", fdd, de->d_name);
+        ssize_t tn = readlink(l, t, sizeof t - 1);
+        if (tn <= 0)
+            continue;
+        t[tn] = '\0';
+        if (t[0] != '/')
+            continue; /* socket:, anon_inode: */
+        bool ok = false;
+        for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++)
+            ok = ok || strcmp(t, allowed[i]) == 0;
+        if (!ok)
+            fprintf(stderr, "# unexpected fd %s -> %s\n", de->d_name, t);
+        assert_true(ok);
+    }
+    closedir(fdir);
+    /* Resource limits: bounded file size (the console log), no core dumps. */
+    snprintf(p, sizeof p, "/proc/%d/limits", (int)pid);
+    f = fopen(p, "re");
+    assert_non_null(f);
+    char line[256];
+    bool fsize = false, core = false;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long soft, hard;
+        if (sscanf(line, "Max file size %llu %llu", &soft, &hard) == 2)
+            fsize = soft == hard && soft >= (256ull << 20) && soft <= (2048ull << 20);
+        if (sscanf(line, "Max core file size %llu %llu", &soft, &hard) == 2)
+            core = soft == 0 && hard == 0;
+    }
+    fclose(f);
+    assert_true(fsize);
+    assert_true(core);
 
     /* Network namespace: the sandbox's. */
     struct stat s1, s2;
