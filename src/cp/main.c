@@ -1,4 +1,5 @@
 /* wrenn-cp entry point: configuration, subcommands (serve, migrate, routes), signals. */
+#include "fsutil.h"
 #include "api/api.h"
 #include "cfg.h"
 #include "cp.h"
@@ -19,36 +20,6 @@
 #include <unistd.h>
 
 #define USAGE "wrenn-cp [options] [serve | migrate up|down|status | routes]"
-
-static int write_port_file(const char *path, int port)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "we");
-    if (!f)
-        return -errno;
-    fprintf(f, "%d\n", port);
-    if (fclose(f) != 0)
-        return -errno;
-    return rename(tmp, path) < 0 ? -errno : 0;
-}
-
-static int mkdir_p(const char *path, mode_t mode)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, mode) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(buf, mode) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
 
 /* The JWT secret: from config when given, else the data dir's jwt_secret file, created with
  * 256 random bits (mode 0600) on the first start of a single-node install. */
@@ -198,9 +169,9 @@ int main(int argc, char **argv)
     }
     char *sqlite_path = NULL;
     if (!db_url) {
-        int rc = mkdir_p(data_dir, 0700);
-        if (rc < 0) {
-            log_error("cp.data_dir_failed", "path=%s err=%d", data_dir, -rc);
+        err_t de = {0};
+        if (fsutil_mkdir_p(data_dir, 0700, &de) < 0) {
+            log_error("cp.data_dir_failed", "path=%s err=\"%s\"", data_dir, de.msg);
             return 1;
         }
         sqlite_path = xasprintf("%s/wrenn.db", data_dir);
@@ -230,7 +201,7 @@ int main(int argc, char **argv)
         log_error("cp.migrate_failed", "err=\"%s\"", e.msg);
         goto out;
     }
-    if (!sqlite_path && mkdir_p(data_dir, 0700) < 0 && !jwt_secret)
+    if (!sqlite_path && fsutil_mkdir_p(data_dir, 0700, NULL) < 0 && !jwt_secret)
         log_warn("cp.data_dir_failed", "path=%s", data_dir);
     if (load_secret(&cp, jwt_secret, data_dir, &e) < 0) {
         log_error("cp.jwt_secret_failed", "err=\"%s\"", e.msg);
@@ -261,8 +232,8 @@ int main(int argc, char **argv)
     }
     log_info("cp.ready", "port=%d engine=%s", http_server_port(srv),
              db_engine(cp.db) == DB_PG ? "postgres" : "sqlite");
-    if (port_file && write_port_file(port_file, http_server_port(srv)) < 0) {
-        log_error("cp.port_file_failed", "path=%s", port_file);
+    if (port_file && fsutil_write_port_file(port_file, http_server_port(srv), &e) < 0) {
+        log_error("cp.port_file_failed", "path=%s err=\"%s\"", port_file, e.msg);
         goto out;
     }
     struct signalfd_siginfo si;

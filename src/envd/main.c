@@ -1,6 +1,7 @@
 /* wrenn-envd entry point: configuration, start-up side effects, routes, signals. */
 #include "envd.h"
 #include "cfg.h"
+#include "fsutil.h"
 #include "log.h"
 #include "xalloc.h"
 
@@ -15,35 +16,6 @@
 #include <unistd.h>
 
 #define MAX_ROUTES 64
-
-static void write_file(const char *dir, const char *name, const char *content, mode_t mode)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    unlink(path);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) {
-        log_warn("envd.write_failed", "path=%s err=%d", path, errno);
-        return;
-    }
-    ssize_t w = write(fd, content, strlen(content));
-    (void)w;
-    fchmod(fd, mode);
-    close(fd);
-}
-
-static int write_port_file(const char *path, int port)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "we");
-    if (!f)
-        return -errno;
-    fprintf(f, "%d\n", port);
-    if (fclose(f) != 0)
-        return -errno;
-    return rename(tmp, path) < 0 ? -errno : 0;
-}
 
 int main(int argc, char **argv)
 {
@@ -114,10 +86,12 @@ int envd_main(int argc, char **argv)
     json_object_set_new(d.env, "WRENN_SANDBOX", json_string("true"));
     d.in_vm = in_vm;
     d.run_dir = run_dir;
-    if (mkdir(run_dir, 0755) < 0 && errno != EEXIST)
-        log_warn("envd.run_dir_failed", "path=%s err=%d", run_dir, errno);
-    else
-        write_file(run_dir, ".WRENN_SANDBOX", "true", 0444);
+    char marker[4096];
+    snprintf(marker, sizeof marker, "%s/.WRENN_SANDBOX", run_dir);
+    if (fsutil_mkdir_p(run_dir, 0755, &e) < 0 ||
+        fsutil_write_atomic(marker, "true", 4, 0444, false, &e) < 0)
+        log_warn("envd.run_dir_failed", "path=%s err=\"%s\"", run_dir, e.msg);
+    err_clear(&e);
 
     if (proc_table_new(&d, &d.procs, &e) < 0 || fs_watchers_new(&d, &d.watchers, &e) < 0) {
         log_error("envd.start_failed", "err=\"%s\"", e.msg);
@@ -144,8 +118,8 @@ int envd_main(int argc, char **argv)
     }
     int bound = http_server_port(srv);
     log_info("envd.listening", "port=%d version=%s in_vm=%d", bound, ENVD_VERSION, (int)in_vm);
-    if (port_file && write_port_file(port_file, bound) < 0)
-        log_warn("envd.port_file_failed", "path=%s err=%d", port_file, errno);
+    if (port_file && fsutil_write_port_file(port_file, bound, &e) < 0)
+        log_warn("envd.port_file_failed", "path=%s err=\"%s\"", port_file, e.msg);
 
     struct signalfd_siginfo si;
     while (read(sfd, &si, sizeof si) < 0 && errno == EINTR)
