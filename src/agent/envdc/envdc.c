@@ -41,7 +41,9 @@ int envdc_wait_health(const envdc_t *c, long timeout_ms, int (*alive)(void *ud),
     int64_t end = mono_ms() + timeout_ms;
     int rc = -ETIMEDOUT;
     for (;;) {
-        httpc_req_t q = {.method = "GET", .url = url, .timeout_ms = 1000};
+        /* Short tries: until the guest's network is up a SYN is silently lost, and waiting a
+         * full second for it would add that second to every boot. */
+        httpc_req_t q = {.method = "GET", .url = url, .timeout_ms = 300};
         if (httpc_do(h, &q, &r, NULL) == 0 && r.status >= 200 && r.status < 300) {
             rc = 0;
             break;
@@ -55,7 +57,7 @@ int envdc_wait_health(const envdc_t *c, long timeout_ms, int (*alive)(void *ud),
                          timeout_ms);
             break;
         }
-        usleep(50000);
+        usleep(20000);
     }
     httpc_resp_fini(&r);
     httpc_free(h);

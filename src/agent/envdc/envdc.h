@@ -23,7 +23,7 @@ typedef struct envdc {
 /** Fill c for host_ip:port with token (may be NULL). */
 void envdc_target(envdc_t *c, const char *host_ip, int port, const char *token);
 
-/** Poll GET /health every 50 ms until it answers 2xx or timeout_ms passes (-ETIMEDOUT).
+/** Poll GET /health every 20 ms until it answers 2xx or timeout_ms passes (-ETIMEDOUT).
  * alive (may be NULL) is asked between tries; when it returns false the wait stops with
  * -ECHILD (the VM died). */
 int envdc_wait_health(const envdc_t *c, long timeout_ms, int (*alive)(void *ud), void *ud,
