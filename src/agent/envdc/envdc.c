@@ -30,8 +30,7 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int envdc_wait_health(const envdc_t *c, long timeout_ms, int (*alive)(void *ud), void *ud,
-                      err_t *e)
+int envdc_wait_health(const envdc_t *c, long timeout_ms, int (*alive)(void *ud), void *ud, err_t *e)
 {
     char url[128];
     snprintf(url, sizeof url, "%s/health", c->base);
@@ -120,8 +119,12 @@ int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e)
     httpc_t *h = httpc_new();
     httpc_resp_t r;
     httpc_resp_init(&r);
-    httpc_req_t q = {.method = "POST", .url = url, .headers = hdrs, .body = b.data,
-                     .body_len = b.len, .timeout_ms = 10000};
+    httpc_req_t q = {.method = "POST",
+                     .url = url,
+                     .headers = hdrs,
+                     .body = b.data,
+                     .body_len = b.len,
+                     .timeout_ms = 10000};
     int rc = httpc_do(h, &q, &r, e);
     if (rc == 0 && (r.status < 200 || r.status >= 300))
         rc = guest_status_err(&r, "init", e);
@@ -145,10 +148,10 @@ struct exec_ctx {
     const envdc_exec_cb_t *cb;
     void *ud;
     httpc_resp_t *resp;
-    buf_t in;       /* bytes not yet parsed into envelopes */
-    bool ended;     /* the end event arrived */
-    bool eos;       /* the end-of-stream envelope arrived */
-    int err;        /* an error from the stream itself (end-of-stream error or bad frame) */
+    buf_t in;   /* bytes not yet parsed into envelopes */
+    bool ended; /* the end event arrived */
+    bool eos;   /* the end-of-stream envelope arrived */
+    int err;    /* an error from the stream itself (end-of-stream error or bad frame) */
     err_t e;
 };
 
@@ -298,8 +301,13 @@ int envdc_exec(const envdc_t *c, const envdc_exec_req_t *r, const envdc_exec_cb_
     struct exec_ctx x = {.cb = cb, .ud = ud, .resp = &resp};
     buf_init(&x.in);
     /* The transfer itself gets a little more than the process's own deadline. */
-    httpc_req_t q = {.method = "POST", .url = url, .headers = hdrs, .body = body.data,
-                     .body_len = body.len, .on_data = exec_on_data, .ud = &x,
+    httpc_req_t q = {.method = "POST",
+                     .url = url,
+                     .headers = hdrs,
+                     .body = body.data,
+                     .body_len = body.len,
+                     .on_data = exec_on_data,
+                     .ud = &x,
                      .timeout_ms = r->timeout_ms > 0 ? r->timeout_ms + 5000 : 0,
                      /* A VM that died (or was destroyed) mid-stream sends nothing, not even
                       * a reset: its keepalives stopping is how we notice. */
@@ -358,14 +366,18 @@ int envdc_upload(const envdc_t *c, const char *path, const void *data, size_t le
     char *url = files_url(c, path);
     char tok[128];
     snprintf(tok, sizeof tok, "X-Access-Token: %s", c->token);
-    const char *hdrs[] = {"Content-Type: application/octet-stream", c->token[0] ? tok : NULL,
-                          NULL};
+    const char *hdrs[] = {"Content-Type: application/octet-stream", c->token[0] ? tok : NULL, NULL};
     httpc_t *h = httpc_new();
     httpc_resp_t r;
     httpc_resp_init(&r);
-    httpc_req_t q = {.method = "POST", .url = url, .headers = hdrs,
-                     .body = body_read ? NULL : (data ? data : ""), .body_len = len,
-                     .body_read = body_read, .ud = ud, .idle_timeout_ms = ENVDC_SILENCE_MS};
+    httpc_req_t q = {.method = "POST",
+                     .url = url,
+                     .headers = hdrs,
+                     .body = body_read ? NULL : (data ? data : ""),
+                     .body_len = len,
+                     .body_read = body_read,
+                     .ud = ud,
+                     .idle_timeout_ms = ENVDC_SILENCE_MS};
     int rc = httpc_do(h, &q, &r, e);
     if (rc == 0 && (r.status < 200 || r.status >= 300))
         rc = guest_status_err(&r, "upload", e);
@@ -404,8 +416,12 @@ int envdc_download(const envdc_t *c, const char *path,
     httpc_resp_t r;
     httpc_resp_init(&r);
     struct dl_ctx x = {.resp = &r, .on_data = on_data, .ud = ud};
-    httpc_req_t q = {.method = "GET", .url = url, .headers = hdrs, .on_data = dl_on_data,
-                     .ud = &x, .idle_timeout_ms = ENVDC_SILENCE_MS};
+    httpc_req_t q = {.method = "GET",
+                     .url = url,
+                     .headers = hdrs,
+                     .on_data = dl_on_data,
+                     .ud = &x,
+                     .idle_timeout_ms = ENVDC_SILENCE_MS};
     int rc = httpc_do(h, &q, &r, e);
     if (rc == 0 && r.status != 200)
         rc = guest_status_err(&r, "download", e);

@@ -49,13 +49,13 @@ typedef struct envdc_exec_cb {
 /** How often a quiet process stream carries a keepalive, and how long the stream may then stay
  * silent before the guest counts as gone (-ETIMEDOUT). */
 #define ENVDC_KEEPALIVE_S 10
-#define ENVDC_SILENCE_MS 45000
+#define ENVDC_SILENCE_MS  45000
 
 typedef struct envdc_exec_req {
     const char *cmd;
     const char *const *args; /* nargs entries */
     size_t nargs;
-    long timeout_ms; /* 0: no deadline */
+    long timeout_ms;  /* 0: no deadline */
     const char *user; /* NULL: root */
 } envdc_exec_req_t;
 

@@ -245,8 +245,8 @@ static int m_exec(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
     buf_init(&k.err);
     if ((rc = sbx_target(r->mgr, x.id, &t, e)) < 0)
         goto out;
-    envdc_exec_req_t q = {.cmd = x.cmd, .args = x.args, .nargs = x.nargs,
-                          .timeout_ms = x.timeout_ms};
+    envdc_exec_req_t q = {
+        .cmd = x.cmd, .args = x.args, .nargs = x.nargs, .timeout_ms = x.timeout_ms};
     envdc_exec_cb_t cb = {.on_output = col_output, .on_end = col_end};
     rc = envdc_exec(&t, &q, &cb, &k, e);
     sbx_touch(r->mgr, x.id, NULL);
@@ -345,8 +345,8 @@ int rpc__log_fail(const char *method, const char *id, int rc, const err_t *e)
         log_warn("rpc.failed", "method=%s sandbox=%s code=%s err=\"%s\"", method, id ? id : "",
                  st.connect, e && e->msg[0] ? e->msg : st.fallback);
     else
-        log_debug("rpc.rejected", "method=%s sandbox=%s code=%s err=\"%s\"", method,
-                  id ? id : "", st.connect, e && e->msg[0] ? e->msg : st.fallback);
+        log_debug("rpc.rejected", "method=%s sandbox=%s code=%s err=\"%s\"", method, id ? id : "",
+                  st.connect, e && e->msg[0] ? e->msg : st.fallback);
     return rc;
 }
 

@@ -219,8 +219,10 @@ static void *exec_worker(void *ud)
 {
     pump_t *p = ud;
     err_t e = {0};
-    envdc_exec_req_t q = {.cmd = p->cmd, .args = (const char *const *)p->args,
-                          .nargs = p->nargs, .timeout_ms = p->timeout_ms};
+    envdc_exec_req_t q = {.cmd = p->cmd,
+                          .args = (const char *const *)p->args,
+                          .nargs = p->nargs,
+                          .timeout_ms = p->timeout_ms};
     envdc_exec_cb_t cb = {ev_start, ev_output, ev_end, ev_idle};
     int rc = envdc_exec(&p->target, &q, &cb, p, &e);
     sbx_touch(p->rpc->mgr, p->id, NULL);
@@ -325,7 +327,7 @@ typedef struct wstream {
     rpc_t *rpc;
     buf_t in;
     bool have_meta;
-    bool ended;   /* the client's end-of-stream envelope arrived */
+    bool ended;           /* the client's end-of-stream envelope arrived */
     _Atomic bool aborted; /* the stream failed: the upload must not commit */
     size_t nmsgs;
     int pipe_w;

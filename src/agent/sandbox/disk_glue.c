@@ -35,8 +35,9 @@ extern char **environ;
 
 int sbx_disk_overlay(const char *base, const char *overlay, uid_t uid, gid_t gid, err_t *e)
 {
-    char *const argv[] = {"qemu-img", "create", "-q",          "-f", "qcow2", "-b",
-                          (char *)base, "-F",   "raw", (char *)overlay, NULL};
+    char *const argv[] = {"qemu-img", "create",     "-q", "-f",  "qcow2",
+                          "-b",       (char *)base, "-F", "raw", (char *)overlay,
+                          NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);

@@ -87,8 +87,8 @@ int sbx__record_load(const char *dir, sbx_t *s, vmm_state_t *st, err_t *e)
     const char *tmpl = json_string_value(json_object_get(j, "template"));
     const char *tok = json_string_value(json_object_get(j, "accessToken"));
     json_int_t slot = json_integer_value(json_object_get(j, "slot"));
-    if (!id || !sbx_safe_name(id) || !tmpl || !tok || strlen(tok) >= sizeof s->token ||
-        slot < 1 || slot > NET_MAX_SLOTS) {
+    if (!id || !sbx_safe_name(id) || !tmpl || !tok || strlen(tok) >= sizeof s->token || slot < 1 ||
+        slot > NET_MAX_SLOTS) {
         rc = err_set(e, -EINVAL, "malformed record %s", path);
         goto out;
     }

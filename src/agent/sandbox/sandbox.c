@@ -139,8 +139,9 @@ static void fill_info(const sbx_t *s, sbx_info_t *out)
     memset(out, 0, sizeof *out);
     snprintf(out->id, sizeof out->id, "%s", s->id);
     snprintf(out->status, sizeof out->status, "%s",
-             s->state == SBX_RUNNING ? "running" : s->state == SBX_CREATING ? "starting"
-                                                                             : "stopping");
+             s->state == SBX_RUNNING    ? "running"
+             : s->state == SBX_CREATING ? "starting"
+                                        : "stopping");
     snprintf(out->template_name, sizeof out->template_name, "%s", s->template_name);
     out->vcpus = s->vcpus;
     out->memory_mb = s->memory_mb;
@@ -150,8 +151,8 @@ static void fill_info(const sbx_t *s, sbx_info_t *out)
     out->timeout_sec = atomic_load(&s->timeout_sec);
 }
 
-void sbx__spec(sbx_mgr_t *m, sbx_t *s, vmm_spec_t *spec, char *kernel, char *initrd,
-               char *rootfs, char *cmdline, char *cgroup, size_t n)
+void sbx__spec(sbx_mgr_t *m, sbx_t *s, vmm_spec_t *spec, char *kernel, char *initrd, char *rootfs,
+               char *cmdline, char *cgroup, size_t n)
 {
     snprintf(kernel, n, "%s/kernels/current/vmlinux", m->root);
     snprintf(initrd, n, "%s/kernels/current/initramfs.cpio", m->root);
@@ -159,8 +160,8 @@ void sbx__spec(sbx_mgr_t *m, sbx_t *s, vmm_spec_t *spec, char *kernel, char *ini
     /* Under TCG the guest cannot always calibrate its TSC (microvm has no HPET or PM timer)
      * and then hangs: hand it the host's frequency (lpj assumes the kernel's HZ=250). */
     if (m->tsc_khz)
-        snprintf(cmdline, n, "console=ttyS0 root=/dev/vda rw tsc_early_khz=%u lpj=%u",
-                 m->tsc_khz, m->tsc_khz * 4);
+        snprintf(cmdline, n, "console=ttyS0 root=/dev/vda rw tsc_early_khz=%u lpj=%u", m->tsc_khz,
+                 m->tsc_khz * 4);
     else
         snprintf(cmdline, n, "console=ttyS0 root=/dev/vda rw");
     snprintf(cgroup, n, "wrenn-%s", s->id);
@@ -236,8 +237,8 @@ static void teardown(sbx_mgr_t *m, sbx_t *s, bool remove_files)
     if (s->net_up) {
         err_clear(&e);
         if (net_destroy(s->slot, &e) < 0)
-            log_warn("sandbox.net_destroy_failed", "sandbox=%s slot=%d err=\"%s\"", s->id,
-                     s->slot, e.msg);
+            log_warn("sandbox.net_destroy_failed", "sandbox=%s slot=%d err=\"%s\"", s->id, s->slot,
+                     e.msg);
         s->net_up = false;
     }
     if (remove_files && s->dir[0] && sbx__rmrf(s->dir) < 0)
@@ -252,11 +253,13 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
     int64_t vcpus = req->vcpus > 0 ? req->vcpus : 1;
     int64_t mem = req->memory_mb > 0 ? req->memory_mb : 512;
     if (!sbx_safe_name(tmpl))
-        return err_set(e, -EINVAL, "template name is not valid: use 1-64 letters, digits, '.', "
-                                   "'_' or '-', not starting with '.'");
+        return err_set(e, -EINVAL,
+                       "template name is not valid: use 1-64 letters, digits, '.', "
+                       "'_' or '-', not starting with '.'");
     if (req->id && *req->id && !sbx_safe_name(req->id))
-        return err_set(e, -EINVAL, "sandboxId is not valid: use 1-64 letters, digits, '.', '_' "
-                                   "or '-', not starting with '.'");
+        return err_set(e, -EINVAL,
+                       "sandboxId is not valid: use 1-64 letters, digits, '.', '_' "
+                       "or '-', not starting with '.'");
     if (vcpus > m->max_vcpus)
         return err_set(e, -EINVAL, "vcpus must be between 1 and %u on this host", m->max_vcpus);
     if (mem < SBX_MIN_MEMORY_MB || mem > m->max_memory_mb)

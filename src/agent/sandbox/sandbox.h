@@ -31,9 +31,9 @@ typedef struct sbx_mgr sbx_mgr_t;
 #define SBX_UID_BASE 200000
 
 typedef struct sbx_mgr_cfg {
-    const char *root;    /* agent root dir (kernels/, images/, sandboxes/) */
+    const char *root;     /* agent root dir (kernels/, images/, sandboxes/) */
     long boot_timeout_ms; /* how long a new guest may take to answer /health; 0 → 30 s */
-    int guest_port;      /* envd port in the guest; 0 → 49983 */
+    int guest_port;       /* envd port in the guest; 0 → 49983 */
 } sbx_mgr_cfg_t;
 
 /** What callers see of one sandbox. */

@@ -68,8 +68,8 @@ void sbx__unref(sbx_mgr_t *m, sbx_t *s);
 int sbx__insert(sbx_mgr_t *m, sbx_t *s);
 void sbx__remove(sbx_mgr_t *m, sbx_t *s);
 /** Fill the VMM spec of s; strings point into s and bufs (which must live as long). */
-void sbx__spec(sbx_mgr_t *m, sbx_t *s, vmm_spec_t *spec, char *kernel, char *initrd,
-               char *rootfs, char *cmdline, char *cgroup, size_t n);
+void sbx__spec(sbx_mgr_t *m, sbx_t *s, vmm_spec_t *spec, char *kernel, char *initrd, char *rootfs,
+               char *cmdline, char *cgroup, size_t n);
 
 /* recover.c */
 /** Re-adopt or clean up recorded sandboxes, then reap leftovers nobody owns. */
