@@ -396,6 +396,8 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
+static int ws_finish(wstream_t *w);
+
 static int ws_message(wstream_t *w, const char *msg, size_t len, err_t *e)
 {
     json_t *j = NULL;
@@ -437,8 +439,17 @@ static int ws_message(wstream_t *w, const char *msg, size_t len, err_t *e)
         rc = err_set(e, -EINVAL, "meta may only be the first message");
         goto out;
     }
-    if (has_chunk && chunk.len && write_all(w->pipe_w, chunk.data, chunk.len) < 0)
-        rc = err_set(e, -EIO, "the guest stopped taking the upload");
+    if (has_chunk && chunk.len && write_all(w->pipe_w, chunk.data, chunk.len) < 0) {
+        /* The guest answered before taking the whole body: its answer says why. */
+        int up = ws_finish(w);
+        if (up < 0) {
+            rc = up;
+            if (e)
+                *e = w->e;
+        } else {
+            rc = err_set(e, -EIO, "the guest stopped taking the upload");
+        }
+    }
 out:
     buf_fini(&chunk);
     json_decref(j);
