@@ -3,14 +3,14 @@
 #   make test     install what is missing, build with ASan+UBSan, run every test; ends with
 #                 the line "N passed, N failed"
 #   make check    make test + clang-format check + a short run of every fuzz target
-#   make up       build and start a local Wrenn (for now: wrenn-envd on localhost:49983)
+#   make up       install, build and start a single-node Wrenn (control plane + host agent +
+#                 the minimal guest image) and print how to use it
 #   make down     stop it
 #   make bench    build optimised and run the benchmarks
 
 BUILD      ?= build
 TEST_BUILD ?= build-asan
 FUZZ_SECS  ?= 20
-RUN_DIR    ?= .wrenn
 
 .PHONY: all deps test check format format-check fuzz up down bench clean
 
@@ -45,23 +45,13 @@ fuzz:
 
 check: format-check test fuzz
 
-up: deps all
-	@mkdir -p $(RUN_DIR)
-	@if [ -f $(RUN_DIR)/envd.pid ] && kill -0 $$(cat $(RUN_DIR)/envd.pid) 2>/dev/null; then \
-		echo "wrenn-envd already running (pid $$(cat $(RUN_DIR)/envd.pid))"; \
-	else \
-		$(BUILD)/src/envd/wrenn-envd --port 49983 --run-dir $(RUN_DIR)/run \
-			>$(RUN_DIR)/envd.log 2>&1 & echo $$! > $(RUN_DIR)/envd.pid; \
-		for i in $$(seq 50); do curl -fs -o /dev/null http://127.0.0.1:49983/health && break; sleep 0.1; done; \
-	fi
-	@curl -fs -o /dev/null http://127.0.0.1:49983/health && \
-	echo "wrenn-envd is up on http://localhost:49983 (log: $(RUN_DIR)/envd.log; stop: make down)" && \
-	echo "Try it:" && \
-	echo "  curl -s -X POST localhost:49983/process.Process/List -H 'Content-Type: application/json' -d '{}'" && \
-	echo "  E2B_DEBUG=true node -e \"const {Sandbox}=require('e2b');Sandbox.create().then(s=>s.commands.run('uname -a')).then(r=>console.log(r.stdout))\""
+up:
+	@bash scripts/up.sh
 
 down:
-	@if [ -f $(RUN_DIR)/envd.pid ]; then kill $$(cat $(RUN_DIR)/envd.pid) 2>/dev/null || true; rm -f $(RUN_DIR)/envd.pid; echo stopped; fi
+	@for p in .wrenn/cp.pid .wrenn/agent.pid; do \
+		if [ -f $$p ]; then kill $$(cat $$p) 2>/dev/null || true; rm -f $$p; fi; \
+	done; echo "stopped (sandboxes still running are re-adopted by the next make up)"
 
 bench:
 	meson setup build-release --buildtype=release >/dev/null 2>&1 || true
