@@ -5,17 +5,18 @@
 #include <stddef.h>
 
 /** malloc that aborts the process when memory is exhausted; never returns NULL. */
-void *xmalloc(size_t n);
+void *xmalloc(size_t n) __attribute__((malloc, returns_nonnull));
 /** calloc that aborts on exhaustion or on n*size overflow. */
-void *xcalloc(size_t n, size_t size);
+void *xcalloc(size_t n, size_t size) __attribute__((malloc, returns_nonnull));
 /** realloc that aborts on exhaustion. */
-void *xrealloc(void *p, size_t n);
+void *xrealloc(void *p, size_t n) __attribute__((returns_nonnull));
 /** strdup that aborts on exhaustion; xstrdup(NULL) returns NULL. */
 char *xstrdup(const char *s);
 /** strndup that aborts on exhaustion. */
-char *xstrndup(const char *s, size_t n);
+char *xstrndup(const char *s, size_t n) __attribute__((malloc, returns_nonnull));
 /** asprintf that aborts on exhaustion; returns the new string (caller frees). */
-char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+char *xasprintf(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), malloc, returns_nonnull));
 
 /** Take the pointer out of *pp and leave NULL behind: an explicit ownership transfer.
  * (__extension__ keeps -Wpedantic quiet about the GNU statement expression.) */
