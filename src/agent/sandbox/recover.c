@@ -1,5 +1,6 @@
 /* Agent start: re-adopt recorded sandboxes whose VM still runs, clean up the rest, and reap
  * whatever no record owns (VM processes of our uid range, networks, stray directories). */
+#include "procfs.h"
 #include "sandbox_int.h"
 #include "log.h"
 #include "xalloc.h"
@@ -14,72 +15,22 @@
 #include <time.h>
 #include <unistd.h>
 
-/* The process's start time (field 22 of /proc/<pid>/stat), 0 when it is gone. */
-static uint64_t proc_start_time(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    if (!p)
-        return 0;
-    /* After ") " come fields 3..; the start time is field 22. */
-    int field = 2;
-    for (; *p && field < 22; p++)
-        if (*p == ' ')
-            field++;
-    return strtoull(p, NULL, 10);
-}
-
 /* Whether pid is a QEMU system emulator (by its argv[0]). */
 static bool is_qemu(pid_t pid)
 {
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    char buf[512];
+    if (procfs_cmdline(pid, buf, sizeof buf) <= 0)
         return false;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return false;
-    buf[n] = '\0';
     const char *base = strrchr(buf, '/');
     base = base ? base + 1 : buf;
     return strncmp(base, "qemu-system", 11) == 0;
-}
-
-/* The real uid of pid, or -1. */
-static long proc_uid(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return -1;
-    long uid = -1;
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, "Uid:", 4) == 0) {
-            uid = strtol(line + 4, NULL, 10);
-            break;
-        }
-    }
-    fclose(f);
-    return uid;
 }
 
 static void kill_and_wait(pid_t pid)
 {
     kill(pid, SIGKILL);
     /* Not our child after a restart: wait for /proc to let go of it. */
-    for (int i = 0; i < 200 && proc_start_time(pid) != 0; i++) {
+    for (int i = 0; i < 200 && procfs_start_time(pid) != 0; i++) {
         char path[64], st[512];
         snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
         int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -110,7 +61,7 @@ static void reap_stray_vms(sbx_mgr_t *m)
         long pid = strtol(de->d_name, &end, 10);
         if (*end || pid <= 1)
             continue;
-        long uid = proc_uid((pid_t)pid);
+        long uid = procfs_uid((pid_t)pid);
         if (uid < SBX_UID_BASE || uid > SBX_UID_BASE + NET_MAX_SLOTS || !is_qemu((pid_t)pid))
             continue;
         bool owned = false;
@@ -165,7 +116,7 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
     }
     log_warn("sandbox.cleanup_dead", "sandbox=%s err=\"%s\"", name, e.msg);
     /* The VM may still run if its control socket is broken: kill that very process. */
-    if (st.pid > 0 && st.start_time && proc_start_time(st.pid) == st.start_time && is_qemu(st.pid))
+    if (st.pid > 0 && st.start_time && procfs_start_time(st.pid) == st.start_time && is_qemu(st.pid))
         kill_and_wait(st.pid);
     if (s->slot > 0) {
         err_t ne = {0};

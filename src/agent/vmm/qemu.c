@@ -52,6 +52,7 @@
 #include "cg.h"
 #include "log.h"
 #include "qmp.h"
+#include "procfs.h"
 #include "xalloc.h"
 
 #ifndef CLONE_PIDFD
@@ -253,49 +254,6 @@ const char *vmm_qemu_accel(void)
 }
 
 /* ---- /proc helpers ------------------------------------------------------------------------- */
-
-/* Field 22 of /proc/<pid>/stat (start time in clock ticks since boot); 0 when gone. */
-static uint64_t proc_start_time(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    if (!p)
-        return 0;
-    int field = 2;
-    for (; *p && field < 22; p++)
-        if (*p == ' ')
-            field++;
-    return strtoull(p, NULL, 10);
-}
-
-/* Read /proc/<pid>/cmdline (NUL-separated) into buf; returns its length or -1. */
-static ssize_t proc_cmdline(pid_t pid, char *buf, size_t len)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    size_t got = 0;
-    while (got < len - 1) {
-        ssize_t n = read(fd, buf + got, len - 1 - got);
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
-    close(fd);
-    buf[got] = '\0';
-    return (ssize_t)got;
-}
 
 /* ---- spec checks and the command line ------------------------------------------------------ */
 
@@ -1283,7 +1241,7 @@ int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e)
     /* QEMU holds the listener and the log now; ours would keep a dead VM's socket alive. */
     xclose(&qmpfd);
     xclose(&logfd);
-    vm->start_time = proc_start_time(pid);
+    vm->start_time = procfs_start_time(pid);
     int64_t t_exec = now_ms();
 
     rc = qmp_connect(vm->qmp_path, vm->pidfd, QMP_START_TIMEOUT_MS, &vm->qmp, e);
@@ -1350,7 +1308,7 @@ out:
 static bool cmdline_matches(pid_t pid, const vmm_spec_t *spec)
 {
     char *cl = xmalloc(65536);
-    ssize_t n = proc_cmdline(pid, cl, 65536);
+    ssize_t n = procfs_cmdline(pid, cl, 65536);
     bool name_ok = false, mem_ok = false, exe_ok = false;
     char name[96], mem[PATH_MAX + 16];
     snprintf(name, sizeof name, "wrenn-%s", spec->id);
@@ -1414,7 +1372,7 @@ int vmm_qemu_adopt(const vmm_spec_t *spec, const vmm_state_t *st, vmm_vm_t **out
     /* The pidfd first: once it is open, the checks below are about the process it pins (if
      * that process dies meanwhile, the pidfd turns readable and we see it). */
     vm->pidfd = (int)syscall(SYS_pidfd_open, st->pid, 0);
-    if (vm->pidfd < 0 || proc_start_time(st->pid) != st->start_time ||
+    if (vm->pidfd < 0 || procfs_start_time(st->pid) != st->start_time ||
         !cmdline_matches(st->pid, spec) || wait_exit(vm->pidfd, 0)) {
         /* Its groups are empty now; one that still holds a process stays (no retry here). */
         cg_t cg;
