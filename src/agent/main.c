@@ -3,6 +3,7 @@
  *   wrenn-agent [flags] [serve]             serve the host agent RPC (default)
  *   wrenn-agent [flags] image build NAME    build a guest image into <root> (images/build.sh)
  */
+#include "fsutil.h"
 #include "cfg.h"
 #include "httpc.h"
 #include "log.h"
@@ -76,35 +77,14 @@ static int load_secret(const agent_cfg_t *c, char **out, err_t *e)
     char hex[65];
     for (size_t i = 0; i < sizeof raw; i++)
         snprintf(hex + 2 * i, 3, "%02x", raw[i]);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return err_errno(e, tmp);
     char line[80];
     int n = snprintf(line, sizeof line, "%s\n", hex);
-    bool ok = write(fd, line, (size_t)n) == n && fsync(fd) == 0;
-    close(fd);
-    if (!ok || rename(tmp, path) < 0) {
-        unlink(tmp);
-        return err_errno(e, "save secret");
-    }
+    int rc = fsutil_write_atomic(path, line, (size_t)n, 0600, true, e);
+    if (rc < 0)
+        return err_wrap(e, "save secret");
     log_info("agent.secret_created", "path=%s", path);
     *out = xstrdup(hex);
     return 0;
-}
-
-static int write_port_file(const char *path, int port)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "we");
-    if (!f)
-        return -errno;
-    fprintf(f, "%d\n", port);
-    if (fclose(f) != 0)
-        return -errno;
-    return rename(tmp, path) < 0 ? -errno : 0;
 }
 
 static int image_build(const agent_cfg_t *c, const char *name)
@@ -201,8 +181,8 @@ static int serve(const agent_cfg_t *c)
     int bound = http_server_port(srv);
     log_info("agent.listening", "addr=%s port=%d root=%s version=%s", host, bound, c->root,
              WRENN_VERSION);
-    if (c->port_file && write_port_file(c->port_file, bound) < 0)
-        log_warn("agent.port_file_failed", "path=%s err=%d", c->port_file, errno);
+    if (c->port_file && fsutil_write_port_file(c->port_file, bound, &e) < 0)
+        log_warn("agent.port_file_failed", "path=%s err=\"%s\"", c->port_file, e.msg);
 
     struct signalfd_siginfo si;
     while (read(sfd, &si, sizeof si) < 0 && errno == EINTR)

@@ -1,4 +1,5 @@
 /* Sandbox records on disk: <root>/sandboxes/<id>/record.json, written atomically. */
+#include "fsutil.h"
 #include "sandbox_int.h"
 #include "pjson.h"
 #include "xalloc.h"
@@ -36,38 +37,12 @@ int sbx__record_save(const sbx_t *s, err_t *e)
     pjson_dump(j, &b);
     json_decref(j);
 
-    char tmp[600], path[600];
-    snprintf(tmp, sizeof tmp, "%s/record.json.tmp", s->dir);
+    char path[600];
     snprintf(path, sizeof path, "%s/record.json", s->dir);
-    int rc = 0;
-    /* Root-only: the record holds the guest's access token. */
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        rc = err_errno(e, "open record");
-        goto out;
-    }
-    size_t off = 0;
-    while (off < b.len) {
-        ssize_t w = write(fd, b.data + off, b.len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            rc = err_errno(e, "write record");
-            goto out;
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) < 0) {
-        rc = err_errno(e, "fsync record");
-        goto out;
-    }
-    if (rename(tmp, path) < 0)
-        rc = err_errno(e, "rename record");
-out:
-    if (fd >= 0)
-        close(fd);
+    /* Root-only: the record holds the guest's access token. Synced: it must survive a crash. */
+    int rc = fsutil_write_atomic(path, b.data, b.len, 0600, true, e);
     if (rc < 0)
-        unlink(tmp);
+        err_wrap(e, "save record");
     buf_fini(&b);
     return rc;
 }
