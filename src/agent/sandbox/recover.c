@@ -116,7 +116,8 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
     }
     log_warn("sandbox.cleanup_dead", "sandbox=%s err=\"%s\"", name, e.msg);
     /* The VM may still run if its control socket is broken: kill that very process. */
-    if (st.pid > 0 && st.start_time && procfs_start_time(st.pid) == st.start_time && is_qemu(st.pid))
+    if (st.pid > 0 && st.start_time && procfs_start_time(st.pid) == st.start_time &&
+        is_qemu(st.pid))
         kill_and_wait(st.pid);
     if (s->slot > 0) {
         err_t ne = {0};
