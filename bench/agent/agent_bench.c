@@ -88,9 +88,15 @@ static int start_agent(const char *bin)
     if (symlink(p, dst) < 0)
         return -1;
     snprintf(port_file, sizeof port_file, "%s/port", scratch);
-    snprintf(log, sizeof log, "%s/agent.log", scratch);
-    const char *argv[] = {bin,           "--root",  root,       "--listen", "127.0.0.1:0",
-                          "--port-file", port_file, "--secret", SECRET,     NULL};
+    /* WRENN_BENCH_AGENT_LOG=path keeps the agent's log (level info: per-create vmm.started
+     * spawn_ms/dur_ms and sandbox.created vm_ms/boot_ms) after the run. */
+    const char *keep = getenv("WRENN_BENCH_AGENT_LOG");
+    snprintf(log, sizeof log, "%s", keep && *keep ? keep : "");
+    if (!log[0])
+        snprintf(log, sizeof log, "%s/agent.log", scratch);
+    const char *argv[] = {bin,         "--root",      root,     "--listen", "127.0.0.1:0",
+                          "--port-file", port_file,   "--secret", SECRET,   "--log-level",
+                          "info",      NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);

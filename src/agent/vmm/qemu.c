@@ -77,6 +77,8 @@
 #define QEMU_EMULATOR_PCT 50u
 /* What any file QEMU writes may exceed the larger of the disk and the RAM file by. */
 #define QEMU_FILE_SLACK_MB 256ull
+/* Alignment of the guest RAM mapping (see build_argv): one huge page. */
+#define QEMU_RAM_ALIGN_MB 2u
 /* Block I/O worker threads; bounding them keeps the pids limit meaningful. */
 #define QEMU_POOL_MAX        8u
 #define QMP_START_TIMEOUT_MS 15000
@@ -499,7 +501,12 @@ static void build_argv(const vmm_spec_t *s, const char *exe, const char *cmdline
     sv_addf(a, "-m");
     sv_addf(a, "%uM", s->memory_mb);
     sv_addf(a, "-object");
-    sv_addf(a, "memory-backend-file,id=mem,size=%uM,mem-path=%s,share=on", s->memory_mb, mem);
+    /* align=2M: QEMU maps the file at an address aligned to this, so the host can back guest RAM
+     * with 2 MiB pages (PMD mappings of large page-cache folios: ext4/xfs on Linux >= 6.16, tmpfs
+     * mounted huge=advise). Without it the shared mapping is 4 KiB-aligned and gets 4 KiB pages
+     * only, which under TCG cost ~20k extra page faults and 0.5-1 s of a 2 s boot (measured). */
+    sv_addf(a, "memory-backend-file,id=mem,size=%uM,mem-path=%s,share=on,align=%uM", s->memory_mb,
+            mem, QEMU_RAM_ALIGN_MB);
     sv_addf(a, "-object");
     sv_addf(a, "main-loop,id=main-loop,thread-pool-max=%u", QEMU_POOL_MAX);
     sv_addf(a, "-kernel");
