@@ -265,6 +265,9 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
     if (mem < SBX_MIN_MEMORY_MB || mem > m->max_memory_mb)
         return err_set(e, -EINVAL, "memoryMb must be between %d and %u on this host",
                        SBX_MIN_MEMORY_MB, m->max_memory_mb);
+    /* Guest RAM is mapped 2 MiB-aligned so the host can back it with huge pages (vmm/qemu.c). */
+    if (mem % 2 != 0)
+        return err_set(e, -EINVAL, "memoryMb must be a multiple of 2");
     if (req->timeout_sec < 0 || req->timeout_sec > SBX_MAX_TIMEOUT_S)
         return err_set(e, -EINVAL, "timeoutSec must be between 0 and %lld", SBX_MAX_TIMEOUT_S);
     if (req->env_vars && !json_is_object(req->env_vars))

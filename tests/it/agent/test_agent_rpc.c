@@ -222,11 +222,17 @@ static void test_absurd_sizes(void **state)
 {
     (void)state;
     const char *bad[] = {
-        "{\"vcpus\":64}",         "{\"vcpus\":\"9223372036854775807\"}",
-        "{\"vcpus\":1000000}",    "{\"memoryMb\":16}",
-        "{\"memoryMb\":1048576}", "{\"memoryMb\":\"99999999999\"}",
-        "{\"timeoutSec\":-1}",    "{\"vcpus\":\"many\"}",
-        "{\"memoryMb\":1.5e300}", "{\"envVars\":[1,2]}",
+        "{\"vcpus\":64}",
+        "{\"vcpus\":\"9223372036854775807\"}",
+        "{\"vcpus\":1000000}",
+        "{\"memoryMb\":16}",
+        "{\"memoryMb\":129}",
+        "{\"memoryMb\":1048576}",
+        "{\"memoryMb\":\"99999999999\"}",
+        "{\"timeoutSec\":-1}",
+        "{\"vcpus\":\"many\"}",
+        "{\"memoryMb\":1.5e300}",
+        "{\"envVars\":[1,2]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         json_t *r = NULL;
