@@ -100,6 +100,9 @@ size_t files_routes(envd_t *d, http_route_t *out, size_t max);
 /** Routes of process.Process that the Connect layer cannot express (the client-streaming
  * StreamInput), in the same form; ud is the envd_t. */
 size_t proc_routes(envd_t *d, http_route_t *out, size_t max);
+/** Run one throwaway command in the background so that a VM's first real command does not pay
+ * for the first-use cost of the spawn path (in-VM mode only). */
+void proc_warm_up(envd_t *d);
 
 /** Process table and watcher table life cycle (proc/, fs/). */
 int proc_table_new(envd_t *d, struct proc_table **out, err_t *e);

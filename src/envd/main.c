@@ -118,6 +118,8 @@ int envd_main(int argc, char **argv)
     }
     int bound = http_server_port(srv);
     log_info("envd.listening", "port=%d version=%s in_vm=%d", bound, ENVD_VERSION, (int)in_vm);
+    if (in_vm)
+        proc_warm_up(&d);
     if (port_file && fsutil_write_port_file(port_file, bound, &e) < 0)
         log_warn("envd.port_file_failed", "path=%s err=\"%s\"", port_file, e.msg);
 

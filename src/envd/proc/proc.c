@@ -1111,3 +1111,45 @@ void proc_table_free(struct proc_table *t)
     pthread_mutex_destroy(&t->lock);
     free(t);
 }
+
+/* Under TCG a guest's first command pays for translating the spawn path (clone3, exec, pidfd
+ * wait) once: about 150 ms, which the first real command of a new sandbox would otherwise wait
+ * for. Run one throwaway `true` in the background as soon as envd serves, so the first real
+ * command finds that work done. */
+static void *warm_up(void *arg)
+{
+    envd_t *d = arg;
+    envd_user_t u;
+    err_t e = {0};
+    if (envd_user_lookup("root", &u, &e) < 0)
+        return NULL;
+    char **env = envd_child_env(d, &u, NULL);
+    char *const args[] = {NULL};
+    proc__spawn_cfg_t cfg = {
+        .cmd = "true", .args = args, .envp = env, .cwd = "/", .user = &u, .stdin_pipe = false};
+    proc__child_t c = {
+        .pid = -1, .pidfd = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1, .pty_fd = -1};
+    if (proc__spawn(&cfg, &c, &e) == 0) {
+        siginfo_t si;
+        while (waitid(P_PIDFD, (id_t)c.pidfd, &si, WEXITED) < 0 && errno == EINTR)
+            ;
+        proc__child_close(&c);
+    } else {
+        log_debug("proc.warm_up_failed", "err=\"%s\"", e.msg);
+    }
+    envd_env_free(env);
+    envd_user_fini(&u);
+    return NULL;
+}
+
+void proc_warm_up(envd_t *d)
+{
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 256 * 1024);
+    if (pthread_create(&t, &a, warm_up, d) != 0)
+        log_debug("proc.warm_up_failed", "err=thread");
+    pthread_attr_destroy(&a);
+}
