@@ -7,6 +7,9 @@
 #include "cfg.h"
 #include "httpc.h"
 #include "log.h"
+#ifdef AGENT_HAVE_MEMFS
+#include "memfs/memfs.h"
+#endif
 #include "rpc/rpc.h"
 #include "sandbox/sandbox.h"
 #include "xalloc.h"
@@ -198,6 +201,10 @@ static int serve(const agent_cfg_t *c)
 
 int main(int argc, char **argv)
 {
+#ifdef AGENT_HAVE_MEMFS
+    if (argc > 1 && strcmp(argv[1], "memfs") == 0)
+        return memfs_main(argc - 1, argv + 1);
+#endif
     agent_cfg_t c = {
         .root = "/var/lib/wrenn",
         .listen = "127.0.0.1:50051",

@@ -1,0 +1,50 @@
+/* memfs: guest RAM for a VM restored from a snapshot, as one FUSE file QEMU maps share=on.
+ *
+ * QEMU 7.2 can skip RAM when it saves a VM only when the RAM is a shared file mapping
+ * (x-ignore-shared), so a restored VM's RAM must be a file it may write. memfs presents a map's
+ * layered memory (mem.h) as that file without copying it: reads are composed from the layers
+ * lazily, block by block, as the guest touches memory; every write (the kernel writing back
+ * pages the guest dirtied) goes to a per-sandbox sparse `upper` file and sets the block's bit in
+ * a dirty bitmap. At pause the agent flushes the file, unmounts it, and turns upper + bitmap
+ * into the next layer (mem_commit_diff): exactly the blocks written since the resume.
+ *
+ * It runs as its own process (`wrenn-agent memfs ...`), so a VM keeps its memory when the agent
+ * is restarted or killed; the agent records its pid and re-adopts it. It exits when unmounted.
+ * One mount per sandbox: <run_dir>/memfs, holding the single file `mem`.
+ */
+#ifndef WRENN_AGENT_MEMFS_H
+#define WRENN_AGENT_MEMFS_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "err.h"
+
+typedef struct memfs_opts {
+    const char *map;    /* the parent map (mem.hdr) */
+    const char *layers; /* directory holding the parent's layers */
+    const char *upper;  /* upper file: created (0600) when missing */
+    const char *bitmap; /* dirty bitmap file: created when missing, one bit per block */
+    const char *mount;  /* existing empty directory; the file appears as <mount>/mem */
+    uid_t uid;          /* owner of <mount>/mem (the VM's uid) */
+    gid_t gid;
+    int ready_fd; /* written one byte and closed once mounted and serving; -1: none */
+} memfs_opts_t;
+
+/** `wrenn-agent memfs --map F --layers D --upper F --bitmap F --mount D --uid N --gid N
+ * [--ready-fd N]`: serve until unmounted, then fsync upper and bitmap and exit 0; exit 1 with a
+ * message on stderr when it cannot start. argv[0] is "memfs". */
+int memfs_main(int argc, char **argv);
+
+/** Start a memfs process for opts (the executable is /proc/self/exe) and wait until it serves
+ * (up to timeout_ms). The process is put in its own session so it survives the agent. *pid gets
+ * its pid. On failure nothing is left mounted or running. */
+int memfs_spawn(const memfs_opts_t *opts, int timeout_ms, pid_t *pid, err_t *e);
+
+/** Flush <mount>/mem (fsync: the kernel writes back every dirty page to the server), unmount
+ * it and wait up to timeout_ms for the process pid (which need not be our child) to exit after
+ * syncing upper and bitmap. Call only when no process maps the file any more. When the process
+ * is already gone, only the unmount is done. */
+int memfs_stop(const char *mount, pid_t pid, int timeout_ms, err_t *e);
+
+#endif
