@@ -1,5 +1,6 @@
 /* REST endpoints: /health, /init, /envs, /metrics. */
 #include "envd.h"
+#include "b64.h"
 #include "log.h"
 #include "pjson.h"
 #include "xalloc.h"
@@ -9,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/random.h>
+#include <sys/ioctl.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -125,6 +128,26 @@ static void set_hosts_entry(const char *ip)
     buf_fini(&b);
 }
 
+/* Mix bytes from the host into the kernel's entropy pool and reseed the CRNG: a VM restored
+ * from a snapshot, or one of many clones of it, otherwise resumes with the RNG state it was
+ * saved with. Needs CAP_SYS_ADMIN (envd runs as root in a VM); failures are logged only. */
+static void add_entropy(const unsigned char *data, size_t len)
+{
+    /* struct rand_pool_info ends in a flexible array: lay it out by hand (two ints, bytes). */
+    _Alignas(int) unsigned char req[2 * sizeof(int) + 512];
+    if (len > 512)
+        len = 512;
+    int hdr[2] = {(int)(len * 8), (int)len}; /* entropy_count (bits), buf_size (bytes) */
+    memcpy(req, hdr, sizeof hdr);
+    memcpy(req + sizeof hdr, data, len);
+    int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+    if (fd < 0 || ioctl(fd, RNDADDENTROPY, req) < 0 || ioctl(fd, RNDRESEEDCRNG) < 0)
+        log_warn("init.entropy_failed", "err=%d", errno);
+    if (fd >= 0)
+        close(fd);
+    explicit_bzero(req, sizeof req);
+}
+
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int do_init(envd_t *d, http_req_t *r, err_t *e)
@@ -135,15 +158,27 @@ static int do_init(envd_t *d, http_req_t *r, err_t *e)
     int rc = pjson_parse(body, len, &in, e);
     if (rc < 0)
         return rc;
-    const char *ts = NULL, *token = NULL, *user = NULL, *wd = NULL, *hyper = NULL;
+    const char *ts = NULL, *token = NULL, *user = NULL, *wd = NULL, *hyper = NULL, *ent = NULL;
     json_t *envs = NULL;
+    unsigned char entropy[512];
+    long nent = 0;
     if ((rc = pjson_str(in, "timestamp", &ts, e)) < 0 ||
         (rc = pjson_str(in, "accessToken", &token, e)) < 0 ||
         (rc = pjson_str(in, "defaultUser", &user, e)) < 0 ||
         (rc = pjson_str(in, "defaultWorkdir", &wd, e)) < 0 ||
         (rc = pjson_str(in, "hyperloopIP", &hyper, e)) < 0 ||
+        (rc = pjson_str(in, "entropy", &ent, e)) < 0 ||
         (rc = pjson_obj(in, "envVars", &envs, e)) < 0)
         goto out;
+    /* Wrenn extension: "entropy", base64 of up to 512 random bytes from the host agent. */
+    if (ent && *ent) {
+        size_t el = strlen(ent);
+        if (b64_decoded_max(el) > sizeof entropy ||
+            (nent = b64_decode(ent, el, entropy)) < 0) {
+            rc = err_set(e, -EINVAL, "entropy must be base64 of at most 512 bytes");
+            goto out;
+        }
+    }
     int64_t ts_ns = 0;
     if (ts && parse_rfc3339(ts, &ts_ns) < 0) {
         rc = err_set(e, -EINVAL, "timestamp must be RFC 3339");
@@ -211,6 +246,8 @@ static int do_init(envd_t *d, http_req_t *r, err_t *e)
         }
     }
     pthread_mutex_unlock(&d->lock);
+    if (nent > 0 && d->in_vm)
+        add_entropy(entropy, (size_t)nent);
     if (apply && ts)
         sync_clock(d, ts_ns);
     if (apply && hyper && *hyper && d->in_vm)
@@ -218,6 +255,7 @@ static int do_init(envd_t *d, http_req_t *r, err_t *e)
     pthread_mutex_unlock(&init_lock);
     rc = 0;
 out:
+    explicit_bzero(entropy, sizeof entropy);
     json_decref(in);
     return rc;
 }

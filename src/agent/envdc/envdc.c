@@ -7,6 +7,7 @@
 #include "xalloc.h"
 
 #include <stdio.h>
+#include <sys/random.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -94,6 +95,12 @@ static int guest_status_err(const httpc_resp_t *r, const char *what, err_t *e)
 
 int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e)
 {
+    return envdc_reinit(c, NULL, env_vars, false, e);
+}
+
+int envdc_reinit(const envdc_t *c, const char *old_token, const json_t *env_vars, bool entropy,
+                 err_t *e)
+{
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     struct tm tm;
@@ -107,6 +114,20 @@ int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e)
         json_object_set_new(body, "accessToken", json_string(c->token));
     if (env_vars)
         json_object_set(body, "envVars", (json_t *)env_vars);
+    if (entropy) {
+        /* A restored or cloned guest resumes with its snapshot's RNG state: every copy would
+         * produce the same "random" numbers. Fresh host entropy is mixed in and reseeds it. */
+        unsigned char rnd[64];
+        size_t got = 0;
+        while (got < sizeof rnd) {
+            ssize_t k = getrandom(rnd + got, sizeof rnd - got, 0);
+            if (k > 0)
+                got += (size_t)k;
+        }
+        char b64[128];
+        b64_encode(rnd, sizeof rnd, b64, true);
+        json_object_set_new(body, "entropy", json_string(b64));
+    }
     buf_t b;
     buf_init(&b);
     pjson_dump(body, &b);
@@ -114,8 +135,11 @@ int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e)
 
     char url[128], tok[128];
     snprintf(url, sizeof url, "%s/init", c->base);
-    snprintf(tok, sizeof tok, "X-Access-Token: %s", c->token);
-    const char *hdrs[] = {"Content-Type: application/json", c->token[0] ? tok : NULL, NULL};
+    /* The guest keeps the token it was given first: a clone's envd still has its template's,
+     * which must be shown to change it. */
+    const char *cur = old_token ? old_token : c->token;
+    snprintf(tok, sizeof tok, "X-Access-Token: %s", cur);
+    const char *hdrs[] = {"Content-Type: application/json", cur[0] ? tok : NULL, NULL};
     httpc_t *h = httpc_new();
     httpc_resp_t r;
     httpc_resp_init(&r);

@@ -8,6 +8,7 @@
 #define WRENN_AGENT_ENVDC_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,6 +33,12 @@ int envdc_wait_health(const envdc_t *c, long timeout_ms, int (*alive)(void *ud),
 /** POST /init with the current wall-clock time, env_vars (object, may be NULL) and c->token as
  * the new access token. */
 int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e);
+
+/** envdc_init for a guest restored from a snapshot: old_token (when non-NULL) is the token the
+ * guest already has, shown to authorise the change to c->token; entropy adds 64 bytes of host
+ * randomness to the guest's RNG and reseeds it. */
+int envdc_reinit(const envdc_t *c, const char *old_token, const json_t *env_vars, bool entropy,
+                 err_t *e);
 
 /** Callbacks of one process run; any may be NULL. A callback returning < 0 stops the call
  * (envdc_exec then returns -ECANCELED; the guest process keeps running). */

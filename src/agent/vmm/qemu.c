@@ -328,6 +328,8 @@ static int check_spec(const vmm_spec_t *s, err_t *e)
     for (int i = 0; i < 4; i++)
         if (!good_path(paths[i]))
             return err_set(e, -EINVAL, "vmm: %s must be an absolute normalised path", names[i]);
+    if (s->mem_path && !good_path(s->mem_path))
+        return err_set(e, -EINVAL, "vmm: mem_path must be an absolute normalised path");
     if (s->qemu_bin && !good_path(s->qemu_bin))
         return err_set(e, -EINVAL, "vmm: bad qemu binary path");
     if (!s->rootfs_format ||
@@ -469,7 +471,7 @@ static void build_argv(const vmm_spec_t *s, const char *exe, const char *cmdline
 {
     char *mem = NULL, *con = NULL, *root = NULL;
     {
-        char *p = xasprintf("%s/mem", s->run_dir);
+        char *p = s->mem_path ? xstrdup(s->mem_path) : xasprintf("%s/mem", s->run_dir);
         mem = opt_escape(p);
         free(p);
         p = xasprintf("%s/console.log", s->run_dir);
@@ -528,6 +530,10 @@ static void build_argv(const vmm_spec_t *s, const char *exe, const char *cmdline
         sv_addf(a, "tap,id=net0,fd=%d", FD_TAP);
         sv_addf(a, "-device");
         sv_addf(a, "virtio-net-device,netdev=net0,mac=%s", s->mac);
+    }
+    if (s->incoming) {
+        sv_addf(a, "-incoming");
+        sv_addf(a, "defer");
     }
     sv_addf(a, "-chardev");
     sv_addf(a, "socket,id=qmp,fd=%d,server=on,wait=off", FD_QMP);
@@ -704,7 +710,10 @@ static int build_plan(const vmm_spec_t *s, const char *exe, char (*chain)[PATH_M
     snprintf(path, sizeof path, "%s/console.log", s->run_dir);
     if ((rc = plan_bind(p, path, false, false, e)) < 0)
         return rc;
-    snprintf(path, sizeof path, "%s/mem", s->run_dir);
+    if (s->mem_path)
+        snprintf(path, sizeof path, "%s", s->mem_path);
+    else
+        snprintf(path, sizeof path, "%s/mem", s->run_dir);
     if ((rc = plan_bind(p, path, false, false, e)) < 0)
         return rc;
     plan_dev(p, "/dev/null", 1, 3, 0666, 0, 0);
@@ -1136,9 +1145,16 @@ int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e)
     snprintf(path, sizeof path, "%s/console.log", spec->run_dir);
     if ((rc = make_owned_file(path, spec->uid, spec->gid, e)) < 0)
         goto fail;
-    snprintf(path, sizeof path, "%s/mem", spec->run_dir);
-    if ((rc = make_owned_file(path, spec->uid, spec->gid, e)) < 0)
+    if (!spec->mem_path) {
+        snprintf(path, sizeof path, "%s/mem", spec->run_dir);
+        if ((rc = make_owned_file(path, spec->uid, spec->gid, e)) < 0)
+            goto fail;
+    } else if (stat(spec->mem_path, &st) < 0 || !S_ISREG(st.st_mode) ||
+               (uint64_t)st.st_size != (uint64_t)spec->memory_mb << 20) {
+        rc = err_set(e, -EINVAL, "vmm: RAM file %s is not a %u MiB file", spec->mem_path,
+                     spec->memory_mb);
         goto fail;
+    }
     snprintf(path, sizeof path, "%s/vmm.log", spec->run_dir);
     logfd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (logfd < 0) {
@@ -1285,8 +1301,10 @@ fail:
     if (made_files) {
         snprintf(path, sizeof path, "%s/console.log", spec->run_dir);
         unlink(path);
-        snprintf(path, sizeof path, "%s/mem", spec->run_dir);
-        unlink(path);
+        if (!spec->mem_path) {
+            snprintf(path, sizeof path, "%s/mem", spec->run_dir);
+            unlink(path);
+        }
     }
     log_warn("vmm.start_failed", "sandbox=%s err=\"%s\"", spec->id, e ? e->msg : "");
     vm_free(vm);
@@ -1319,9 +1337,11 @@ static bool cmdline_matches(pid_t pid, const vmm_spec_t *spec)
     bool name_ok = false, mem_ok = false, exe_ok = false;
     char name[96], mem[PATH_MAX + 16];
     snprintf(name, sizeof name, "wrenn-%s", spec->id);
-    char *esc = opt_escape(spec->run_dir);
-    snprintf(mem, sizeof mem, "mem-path=%s/mem,", esc);
+    char *p = spec->mem_path ? xstrdup(spec->mem_path) : xasprintf("%s/mem", spec->run_dir);
+    char *esc = opt_escape(p);
+    snprintf(mem, sizeof mem, "mem-path=%s,", esc);
     free(esc);
+    free(p);
     const char *exe = spec->qemu_bin ? spec->qemu_bin : QEMU_DEFAULT_BIN;
     if (n > 0) {
         exe_ok = strcmp(cl, exe) == 0;
@@ -1518,4 +1538,113 @@ int vmm_query_status(vmm_vm_t *vm, char *buf, size_t len, err_t *e)
         snprintf(buf, len, "%s", s);
     json_decref(ret);
     return rc;
+}
+
+/* ---- snapshots ------------------------------------------------------------------------------ */
+
+/* Wait until query-migrate reports "completed" (0), a failure (-EBADMSG with QEMU's reason) or
+ * the deadline passes. */
+static int wait_migration(vmm_vm_t *vm, int64_t deadline, err_t *e)
+{
+    for (unsigned i = 0;; i++) {
+        json_t *ret = NULL;
+        int rc = vmm_qmp(vm, "query-migrate", NULL, &ret, QMP_CALL_TIMEOUT_MS, e);
+        if (rc < 0)
+            return rc;
+        const char *st = json_string_value(json_object_get(ret, "status"));
+        if (st && strcmp(st, "completed") == 0) {
+            json_decref(ret);
+            return 0;
+        }
+        if (st && (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)) {
+            const char *why = json_string_value(json_object_get(ret, "error-desc"));
+            rc = err_set(e, -EBADMSG, "vmm: migration %s: %s", st, why ? why : "no reason given");
+            json_decref(ret);
+            return rc;
+        }
+        json_decref(ret);
+        if (now_ms() > deadline)
+            return err_set(e, -ETIMEDOUT, "vmm: migration still %s", st ? st : "not started");
+        /* Device state is small: the first polls come quickly, later ones back off. */
+        struct timespec ts = {0, (i < 20 ? 1 : 10) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Give QEMU fd under the name "wrenn-state" (QMP getfd, SCM_RIGHTS). */
+static int pass_state_fd(vmm_vm_t *vm, int fd, err_t *e)
+{
+    if (!vm || !vm->qmp)
+        return err_set(e, -ECONNRESET, "vmm: no control connection");
+    int rc = qmp_execute_fd(vm->qmp, "getfd", json_pack("{s:s}", "fdname", "wrenn-state"), fd, NULL,
+                            QMP_CALL_TIMEOUT_MS, e);
+    for (json_t *ev; (ev = qmp_take_event(vm->qmp));)
+        json_decref(ev);
+    return rc;
+}
+
+static int ignore_shared(vmm_vm_t *vm, err_t *e)
+{
+    json_t *caps = json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", "x-ignore-shared",
+                             "state", 1);
+    return vmm_qmp(vm, "migrate-set-capabilities", caps, NULL, QMP_CALL_TIMEOUT_MS, e);
+}
+
+int vmm_save(vmm_vm_t *vm, int fd, int timeout_ms, err_t *e)
+{
+    int64_t t0 = now_ms(), deadline = t0 + (timeout_ms > 0 ? timeout_ms : 30000);
+    char st[32];
+    int rc = vmm_query_status(vm, st, sizeof st, e);
+    if (rc < 0)
+        return rc;
+    if (strcmp(st, "running") == 0 && (rc = vmm_pause(vm, e)) < 0)
+        return rc;
+    int64_t t_stop = now_ms();
+    /* RAM is the shared file: x-ignore-shared leaves it out, so the stream is device state
+     * only (tens of KiB). QEMU's default bandwidth cap (32 MiB/s) would still pace it. */
+    if ((rc = ignore_shared(vm, e)) < 0 ||
+        (rc = vmm_qmp(vm, "migrate-set-parameters",
+                      json_pack("{s:I}", "max-bandwidth", (json_int_t)(1LL << 40)), NULL,
+                      QMP_CALL_TIMEOUT_MS, e)) < 0 ||
+        (rc = pass_state_fd(vm, fd, e)) < 0 ||
+        (rc = vmm_qmp(vm, "migrate", json_pack("{s:s}", "uri", "fd:wrenn-state"), NULL,
+                      QMP_CALL_TIMEOUT_MS, e)) < 0 ||
+        (rc = wait_migration(vm, deadline, e)) < 0) {
+        err_wrap(e, "vmm: save");
+        return rc;
+    }
+    log_info("vmm.saved", "sandbox=%s stop_ms=%lld dur_ms=%lld", vm->id, (long long)(t_stop - t0),
+             (long long)(now_ms() - t0));
+    return 0;
+}
+
+int vmm_restore(vmm_vm_t *vm, int fd, int timeout_ms, err_t *e)
+{
+    int64_t t0 = now_ms(), deadline = t0 + (timeout_ms > 0 ? timeout_ms : 30000);
+    int rc;
+    if ((rc = ignore_shared(vm, e)) < 0 || (rc = pass_state_fd(vm, fd, e)) < 0 ||
+        (rc = vmm_qmp(vm, "migrate-incoming", json_pack("{s:s}", "uri", "fd:wrenn-state"), NULL,
+                      QMP_CALL_TIMEOUT_MS, e)) < 0 ||
+        (rc = wait_migration(vm, deadline, e)) < 0) {
+        err_wrap(e, "vmm: restore");
+        return rc;
+    }
+    int64_t t_load = now_ms();
+    /* The state was saved stopped, so the VM comes up paused; "inmigrate" lingers briefly. */
+    char st[32];
+    for (;;) {
+        if ((rc = vmm_query_status(vm, st, sizeof st, e)) < 0)
+            return rc;
+        if (strcmp(st, "inmigrate") != 0)
+            break;
+        if (now_ms() > deadline)
+            return err_set(e, -ETIMEDOUT, "vmm: restore: still in inmigrate");
+        struct timespec ts = {0, 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (strcmp(st, "running") != 0 && (rc = vmm_resume(vm, e)) < 0)
+        return err_wrap(e, "vmm: restore: cont in state %s", st);
+    log_info("vmm.restored", "sandbox=%s load_ms=%lld dur_ms=%lld", vm->id,
+             (long long)(t_load - t0), (long long)(now_ms() - t0));
+    return 0;
 }

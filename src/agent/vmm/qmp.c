@@ -117,7 +117,9 @@ static int read_msg(qmp_t *q, int pidfd, int64_t deadline, json_t **out, err_t *
     }
 }
 
-static int send_json(qmp_t *q, json_t *msg, err_t *e)
+/* Send msg; when fd >= 0 it rides along (SCM_RIGHTS) with the first bytes, which is how QEMU
+ * receives fds for "getfd". */
+static int send_json(qmp_t *q, json_t *msg, int fd, err_t *e)
 {
     char *s = json_dumps(msg, JSON_COMPACT);
     if (!s)
@@ -128,7 +130,27 @@ static int send_json(qmp_t *q, json_t *msg, err_t *e)
     s = xrealloc(s, len + 2);
     s[len++] = '\n';
     while (off < len) {
-        ssize_t w = send(q->fd, s + off, len - off, MSG_NOSIGNAL);
+        ssize_t w;
+        if (fd >= 0 && off == 0) {
+            union {
+                char buf[CMSG_SPACE(sizeof(int))];
+                struct cmsghdr align;
+            } u;
+            memset(&u, 0, sizeof u);
+            struct iovec iov = {.iov_base = s, .iov_len = len};
+            struct msghdr mh = {.msg_iov = &iov,
+                                .msg_iovlen = 1,
+                                .msg_control = u.buf,
+                                .msg_controllen = sizeof u.buf};
+            struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(c), &fd, sizeof(int));
+            w = sendmsg(q->fd, &mh, MSG_NOSIGNAL);
+        } else {
+            w = send(q->fd, s + off, len - off, MSG_NOSIGNAL);
+        }
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -146,14 +168,14 @@ static int send_json(qmp_t *q, json_t *msg, err_t *e)
     return rc;
 }
 
-static int execute(qmp_t *q, int pidfd, const char *cmd, json_t *args, json_t **ret,
+static int execute(qmp_t *q, int pidfd, const char *cmd, json_t *args, int fd, json_t **ret,
                    int64_t deadline, err_t *e)
 {
     uint64_t id = ++q->next_id;
     json_t *msg = json_pack("{s:s, s:I}", "execute", cmd, "id", (json_int_t)id);
     if (args)
         json_object_set_new(msg, "arguments", args);
-    int rc = send_json(q, msg, e);
+    int rc = send_json(q, msg, fd, e);
     json_decref(msg);
     if (rc < 0)
         return rc;
@@ -218,7 +240,7 @@ int qmp_connect(const char *path, int pidfd, int timeout_ms, qmp_t **out, err_t 
         rc = err_set(e, -EPROTO, "qmp: no greeting from the VMM");
         goto fail;
     }
-    rc = execute(q, pidfd, "qmp_capabilities", NULL, NULL, deadline, e);
+    rc = execute(q, pidfd, "qmp_capabilities", NULL, -1, NULL, deadline, e);
     if (rc < 0)
         goto fail;
     json_decref(greeting);
@@ -238,7 +260,19 @@ int qmp_execute(qmp_t *q, const char *cmd, json_t *args, json_t **ret, int timeo
         json_decref(args);
         return err_set(e, -EINVAL, "qmp: no connection");
     }
-    return execute(q, -1, cmd, args, ret, now_ms() + timeout_ms, e);
+    return execute(q, -1, cmd, args, -1, ret, now_ms() + timeout_ms, e);
+}
+
+int qmp_execute_fd(qmp_t *q, const char *cmd, json_t *args, int fd, json_t **ret, int timeout_ms,
+                   err_t *e)
+{
+    if (ret)
+        *ret = NULL;
+    if (!q || !cmd) {
+        json_decref(args);
+        return err_set(e, -EINVAL, "qmp: no connection");
+    }
+    return execute(q, -1, cmd, args, fd, ret, now_ms() + timeout_ms, e);
 }
 
 json_t *qmp_take_event(qmp_t *q)

@@ -30,6 +30,11 @@ int qmp_connect(const char *path, int pidfd, int timeout_ms, qmp_t **out, err_t 
  * When the connection closes before the reply: -ECONNRESET (for "quit", success). */
 int qmp_execute(qmp_t *q, const char *cmd, json_t *args, json_t **ret, int timeout_ms, err_t *e);
 
+/** qmp_execute, with fd passed to QEMU alongside the command (SCM_RIGHTS), as "getfd" and
+ * "add-fd" expect. fd stays the caller's. */
+int qmp_execute_fd(qmp_t *q, const char *cmd, json_t *args, int fd, json_t **ret, int timeout_ms,
+                   err_t *e);
+
 /** Pop the oldest queued event (new reference), or NULL when none is queued. Does not read. */
 json_t *qmp_take_event(qmp_t *q);
 

@@ -13,7 +13,8 @@
  *
  * QEMU driver, how a VM runs (see qemu.c for the details):
  * - Files in run_dir: qmp.sock (the QMP socket: created and bound by the agent, root-owned 0600,
- *   its listening fd handed to QEMU), console.log (guest serial console), mem (guest RAM,
+ *   its listening fd handed to QEMU), console.log (guest serial console), mem (guest RAM, unless
+ *   spec.mem_path names another file,
  *   memory-backend-file share=on align=2M, sparse, as large as memory_mb; kept after stop for
  *   snapshots; the 2 MiB alignment lets the host map it with huge pages where run_dir's file
  *   system has large folios, e.g. ext4 on Linux >= 6.16 or tmpfs huge=advise: with 4 KiB pages a
@@ -81,6 +82,14 @@ typedef struct vmm_spec {
      * directory (e.g. <root>/images). A QEMU that was compromised can rewrite its overlay's
      * header; the next start of that overlay would otherwise show it any host file. */
     const char *backing_root;
+    /* Guest RAM file (memory-backend-file, share=on). NULL: <run_dir>/mem, created empty here.
+     * Otherwise an existing file of memory_mb MiB that the VM's uid may read and write (a memfs
+     * file over a snapshot's layers); the driver neither creates, chowns nor removes it. */
+    const char *mem_path;
+    /* Start for a restore: QEMU waits in the "inmigrate" state (-incoming defer) until
+     * vmm_restore() feeds it a saved device state. Everything else must be as when it was
+     * saved (memory size, vCPUs, kernel, devices). */
+    bool incoming;
 } vmm_spec_t;
 
 /** What the agent persists to re-adopt a VM after its own restart. */
@@ -138,6 +147,18 @@ int vmm_qmp(vmm_vm_t *vm, const char *cmd, json_t *args, json_t **ret, int timeo
 /** Pause (QMP "stop") and resume (QMP "cont") the guest's vCPUs. */
 int vmm_pause(vmm_vm_t *vm, err_t *e);
 int vmm_resume(vmm_vm_t *vm, err_t *e);
+
+/** Save the VM's device state (not its RAM, which is in its shared RAM file) to fd, a file
+ * open for writing: stops the vCPUs if running, then migrates with x-ignore-shared, and waits
+ * for the migration to complete (up to timeout_ms). The VM stays stopped; the caller then stops
+ * it with vmm_stop() or, to go on, vmm_resume(). After success the RAM file holds the memory
+ * that matches the state (flush it to disk before relying on it). */
+int vmm_save(vmm_vm_t *vm, int fd, int timeout_ms, err_t *e);
+
+/** Restore a VM started with spec.incoming from a state saved by vmm_save() (fd open for
+ * reading, at offset 0), over the RAM file the VM was started with, and let it run. Errors:
+ * -EBADMSG when QEMU refuses the state, -ETIMEDOUT. */
+int vmm_restore(vmm_vm_t *vm, int fd, int timeout_ms, err_t *e);
 
 /** The run state from QMP "query-status" ("running", "paused", "inmigrate", ...) into buf. */
 int vmm_query_status(vmm_vm_t *vm, char *buf, size_t len, err_t *e);
