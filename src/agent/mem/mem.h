@@ -41,6 +41,7 @@
 #define MEM_DEFAULT_LAYERS 10u /* merge when a map would need more layers than this */
 #define MEM_ZERO           UINT32_MAX
 #define MEM_TRAILER_SIZE   4096u
+#define MEM_MAX_SIZE       (1ull << 40) /* 1 TiB: larger guest memory is refused as absurd */
 
 typedef struct mem_id {
     uint8_t b[16];
@@ -60,9 +61,10 @@ typedef struct mem_map {
     mem_id_t id;         /* this map's own id (new for every pause) */
     uint32_t nlayers;
     mem_id_t layers[MEM_MAX_LAYERS]; /* oldest first; extents refer to these by index */
-    size_t next;
-    mem_extent_t *ext; /* sorted by block, tiling [0, size / block_size), no two neighbours
-                        * with the same layer */
+    size_t next;                     /* number of extents in ext (at least 1) */
+    mem_extent_t *ext;               /* malloc'd, owned by the map; sorted by block, tiling
+                                      * [0, size / block_size), no two neighbours with the same layer, every
+                                      * layer referenced by at least one extent */
 } mem_map_t;
 
 /** A fresh random id. */
@@ -84,8 +86,18 @@ int mem_map_save(const mem_map_t *m, const char *path, err_t *e);
 int mem_map_decode(const void *data, size_t len, mem_map_t **out, err_t *e);
 /** Encode m; *out is malloc'd. */
 int mem_map_encode(const mem_map_t *m, void **out, size_t *len, err_t *e);
+/** A deep copy of m (never NULL). */
 mem_map_t *mem_map_dup(const mem_map_t *m);
+/** Free m and its extents; NULL is fine. */
 void mem_map_free(mem_map_t *m);
+
+/** Check every invariant a header file is held to (block size, size, layer count, tiling,
+ * normalised form, distinct layer ids): 0, or -EINVAL with a message naming the problem. */
+int mem_map_check(const mem_map_t *m, err_t *e);
+/** Bring a map whose extents tile [0, size) into normal form in place: merge neighbours with the
+ * same layer, drop layers no extent references and renumber the rest (order kept). -EINVAL
+ * (m unchanged) when the extents do not tile or an index is out of range. */
+int mem_map_normalise(mem_map_t *m, err_t *e);
 
 /** Which layer holds block (index into m->layers, or MEM_ZERO), and how many blocks from
  * block on (at least 1) stay in that same extent. block must be < size / block_size. */
