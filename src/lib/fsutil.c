@@ -81,3 +81,60 @@ int fsutil_write_port_file(const char *path, int port, err_t *e)
     int n = snprintf(s, sizeof s, "%d\n", port);
     return fsutil_write_atomic(path, s, (size_t)n, 0644, false, e);
 }
+
+int fsutil_copy_file(const char *from, const char *to, err_t *e)
+{
+    int in = open(from, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (in < 0)
+        return err_errno(e, from);
+    int rc = 0;
+    int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    struct stat st;
+    if (out < 0) {
+        rc = err_errno(e, to);
+        close(in);
+        return rc;
+    }
+    if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode)) {
+        rc = err_set(e, -EINVAL, "%s is not a regular file", from);
+        goto out;
+    }
+    if (ftruncate(out, st.st_size) < 0) {
+        rc = err_errno(e, to);
+        goto out;
+    }
+    /* Walk the data extents; the holes between them stay holes in the copy. */
+    off_t pos = 0;
+    while (pos < st.st_size) {
+        off_t data = lseek(in, pos, SEEK_DATA);
+        if (data < 0 && errno == ENXIO)
+            break;
+        if (data < 0) {
+            rc = err_errno(e, from);
+            goto out;
+        }
+        off_t hole = lseek(in, data, SEEK_HOLE);
+        if (hole < 0) {
+            rc = err_errno(e, from);
+            goto out;
+        }
+        loff_t io = data, oo = data;
+        while (io < hole) {
+            ssize_t k = copy_file_range(in, &io, out, &oo, (size_t)(hole - io), 0);
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k <= 0) {
+                rc = k < 0 ? err_errno(e, to) : err_set(e, -EIO, "%s shrank while copied", from);
+                goto out;
+            }
+        }
+        pos = hole;
+    }
+out:
+    close(in);
+    if (close(out) < 0 && rc == 0)
+        rc = err_errno(e, to);
+    if (rc < 0)
+        unlink(to);
+    return rc;
+}

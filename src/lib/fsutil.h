@@ -21,4 +21,9 @@ int fsutil_mkdir_p(const char *path, mode_t mode, err_t *e);
  * it listens. */
 int fsutil_write_port_file(const char *path, int port, err_t *e);
 
+/** Copy the regular file from to `to` (created or truncated, mode 0600, O_NOFOLLOW), in the
+ * kernel (copy_file_range), keeping holes: only from's data extents are copied. On failure
+ * `to` is removed. */
+int fsutil_copy_file(const char *from, const char *to, err_t *e);
+
 #endif

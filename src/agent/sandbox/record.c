@@ -32,6 +32,11 @@ int sbx__record_save(const sbx_t *s, err_t *e)
     json_object_set_new(j, "accessToken", json_string(s->token));
     json_object_set_new(j, "pid", json_integer(st.pid));
     json_object_set_new(j, "startTime", json_integer((json_int_t)st.start_time));
+    json_object_set_new(j, "state", json_string(s->state == SBX_PAUSED ? "paused" : "running"));
+    json_object_set_new(j, "team", json_string(s->team));
+    json_object_set_new(j, "restored", json_boolean(s->restored));
+    json_object_set_new(j, "memfsPid", json_integer(s->memfs_pid));
+    json_object_set_new(j, "memfsStart", json_integer((json_int_t)s->memfs_start));
     buf_t b;
     buf_init(&b);
     pjson_dump(j, &b);
@@ -62,8 +67,12 @@ int sbx__record_load(const char *dir, sbx_t *s, vmm_state_t *st, err_t *e)
     const char *tmpl = json_string_value(json_object_get(j, "template"));
     const char *tok = json_string_value(json_object_get(j, "accessToken"));
     json_int_t slot = json_integer_value(json_object_get(j, "slot"));
-    if (!id || !sbx_safe_name(id) || !tmpl || !tok || strlen(tok) >= sizeof s->token || slot < 1 ||
-        slot > NET_MAX_SLOTS) {
+    const char *state = json_string_value(json_object_get(j, "state"));
+    const char *team = json_string_value(json_object_get(j, "team"));
+    bool paused = state && strcmp(state, "paused") == 0;
+    if (!id || !sbx_safe_name(id) || !tmpl || !tok || strlen(tok) >= sizeof s->token ||
+        (paused ? slot != 0 : (slot < 1 || slot > NET_MAX_SLOTS)) ||
+        (team && *team && !sbx_safe_name(team))) {
         rc = err_set(e, -EINVAL, "malformed record %s", path);
         goto out;
     }
@@ -81,7 +90,13 @@ int sbx__record_load(const char *dir, sbx_t *s, vmm_state_t *st, err_t *e)
     s->gid = (gid_t)json_integer_value(json_object_get(j, "gid"));
     st->pid = (pid_t)json_integer_value(json_object_get(j, "pid"));
     st->start_time = (uint64_t)json_integer_value(json_object_get(j, "startTime"));
-    net_slot_names(s->slot, &s->net);
+    s->state = paused ? SBX_PAUSED : SBX_RUNNING;
+    snprintf(s->team, sizeof s->team, "%s", team ? team : "");
+    s->restored = json_is_true(json_object_get(j, "restored"));
+    s->memfs_pid = (pid_t)json_integer_value(json_object_get(j, "memfsPid"));
+    s->memfs_start = (uint64_t)json_integer_value(json_object_get(j, "memfsStart"));
+    if (!paused)
+        net_slot_names(s->slot, &s->net);
 out:
     json_decref(j);
     return rc;
@@ -96,7 +111,7 @@ static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw
 
 int sbx__rmrf(const char *path)
 {
-    if (nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS) < 0 && errno != ENOENT)
+    if (nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
         return -errno;
     return 0;
 }

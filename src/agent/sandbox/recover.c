@@ -89,6 +89,16 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
     int rc = sbx__record_load(dir, s, &st, &e);
     if (rc == 0 && strcmp(s->id, name) != 0)
         rc = err_set(&e, -EINVAL, "record id does not match its directory");
+    if (rc == 0 && s->state == SBX_PAUSED) {
+        /* Nothing runs: it is its files (checked again when it is resumed). */
+        sbx__insert(m, s);
+        log_info("sandbox.adopted_paused", "sandbox=%s", s->id);
+        sbx__unref(m, s);
+        return;
+    }
+    if (rc == 0 && s->restored &&
+        (s->memfs_pid <= 0 || procfs_start_time(s->memfs_pid) != s->memfs_start))
+        rc = err_set(&e, -ESRCH, "the memfs server of its RAM is gone");
     if (rc == 0) {
         vmm_spec_t spec;
         char kernel[512], initrd[512], rootfs[512], cmdline[512], cgroup[512];
@@ -123,6 +133,8 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
         err_t ne = {0};
         net_destroy(s->slot, &ne);
     }
+    if (s->restored)
+        sbx__memfs_down(s);
     sbx__rmrf(dir);
     sbx__unref(m, s);
 }

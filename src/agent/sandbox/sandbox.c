@@ -18,12 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
-static int64_t now_s(void)
+int64_t sbx__now_s(void)
 {
     return (int64_t)time(NULL);
 }
 
-static int64_t mono_ms(void)
+int64_t sbx__mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -104,7 +104,7 @@ void sbx__remove(sbx_mgr_t *m, sbx_t *s)
 }
 
 /* A referenced sandbox by id, or NULL. */
-static sbx_t *lookup(sbx_mgr_t *m, const char *id)
+sbx_t *sbx__lookup(sbx_mgr_t *m, const char *id)
 {
     sbx_t *s = NULL;
     pthread_mutex_lock(&m->lock);
@@ -119,7 +119,7 @@ static sbx_t *lookup(sbx_mgr_t *m, const char *id)
     return s;
 }
 
-static int alloc_slot(sbx_mgr_t *m)
+int sbx__alloc_slot(sbx_mgr_t *m)
 {
     int slot = -ENOSPC;
     pthread_mutex_lock(&m->lock);
@@ -134,12 +134,22 @@ static int alloc_slot(sbx_mgr_t *m)
     return slot;
 }
 
-static void fill_info(const sbx_t *s, sbx_info_t *out)
+void sbx__release_slot(sbx_mgr_t *m, sbx_t *s)
+{
+    pthread_mutex_lock(&m->lock);
+    if (s->slot > 0 && s->slot <= NET_MAX_SLOTS)
+        m->slots[s->slot] = 0;
+    s->slot = 0;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void sbx__fill_info(const sbx_t *s, sbx_info_t *out)
 {
     memset(out, 0, sizeof *out);
     snprintf(out->id, sizeof out->id, "%s", s->id);
     snprintf(out->status, sizeof out->status, "%s",
              s->state == SBX_RUNNING    ? "running"
+             : s->state == SBX_PAUSED   ? "paused"
              : s->state == SBX_CREATING ? "starting"
                                         : "stopping");
     snprintf(out->template_name, sizeof out->template_name, "%s", s->template_name);
@@ -181,6 +191,10 @@ void sbx__spec(sbx_mgr_t *m, sbx_t *s, vmm_spec_t *spec, char *kernel, char *ini
     spec->uid = s->uid;
     spec->gid = s->gid;
     spec->cgroup = cgroup;
+    if (s->restored) {
+        snprintf(s->mem_path, sizeof s->mem_path, "%s/memfs/mem", s->dir);
+        spec->mem_path = s->mem_path;
+    }
 }
 
 static unsigned host_tsc_khz(void)
@@ -204,7 +218,7 @@ static unsigned host_tsc_khz(void)
 
 /* ---- create / destroy ---------------------------------------------------------------------- */
 
-static void random_hex(char *out, size_t nbytes)
+void sbx__random_hex(char *out, size_t nbytes)
 {
     unsigned char r[64];
     if (nbytes > sizeof r)
@@ -220,13 +234,13 @@ static void random_hex(char *out, size_t nbytes)
     out[2 * nbytes] = '\0';
 }
 
-static int vm_alive_cb(void *ud)
+int sbx__vm_alive_cb(void *ud)
 {
     return vmm_alive(ud);
 }
 
 /* Tear down whatever s has, in reverse order of creation. Called with s->lock held. */
-static void teardown(sbx_mgr_t *m, sbx_t *s, bool remove_files)
+void sbx__teardown(sbx_mgr_t *m, sbx_t *s, bool remove_files)
 {
     err_t e = {0};
     if (s->vm) {
@@ -234,6 +248,8 @@ static void teardown(sbx_mgr_t *m, sbx_t *s, bool remove_files)
             log_warn("sandbox.vm_stop_failed", "sandbox=%s err=\"%s\"", s->id, e.msg);
         s->vm = NULL;
     }
+    if (s->memfs_pid > 0 || s->restored)
+        sbx__memfs_down(s);
     if (s->net_up) {
         err_clear(&e);
         if (net_destroy(s->slot, &e) < 0)
@@ -273,12 +289,19 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
     if (req->env_vars && !json_is_object(req->env_vars))
         return err_set(e, -EINVAL, "envVars must be an object");
 
+    if (req->team && *req->team && !sbx_safe_name(req->team))
+        return err_set(e, -EINVAL, "teamId is not valid");
+    /* A snapshot template of the team shadows a base image of the same name. */
     char base[PATH_MAX];
+    sbx__template_dir(m, req->team, tmpl, base, sizeof base);
+    struct stat tst;
+    if (stat(base, &tst) == 0 && S_ISDIR(tst.st_mode))
+        return sbx__create_from_template(m, req, base, out, e);
     snprintf(base, sizeof base, "%s/images/%s/rootfs.ext4", m->root, tmpl);
     if (access(base, R_OK) < 0)
         return err_set(e, -ENOENT, "template %s not found", tmpl);
 
-    int64_t t0 = mono_ms();
+    int64_t t0 = sbx__mono_ms();
     sbx_t *s = sbx__new();
     int rc = 0;
     bool inserted = false;
@@ -286,10 +309,11 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
         snprintf(s->id, sizeof s->id, "%s", req->id);
     else {
         char hex[17];
-        random_hex(hex, 4);
+        sbx__random_hex(hex, 4);
         snprintf(s->id, sizeof s->id, "sb-%s", hex);
     }
     snprintf(s->template_name, sizeof s->template_name, "%s", tmpl);
+    snprintf(s->team, sizeof s->team, "%s", req->team ? req->team : "");
     s->vcpus = (unsigned)vcpus;
     s->memory_mb = (unsigned)mem;
     atomic_store(&s->timeout_sec, req->timeout_sec);
@@ -301,7 +325,7 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
         goto fail;
     }
     inserted = true;
-    if ((s->slot = alloc_slot(m)) < 0) {
+    if ((s->slot = sbx__alloc_slot(m)) < 0) {
         rc = err_set(e, -ENOSPC, "no free network slot");
         goto fail;
     }
@@ -329,7 +353,7 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
         goto fail;
     }
     s->net_up = true;
-    random_hex(s->token, 32);
+    sbx__random_hex(s->token, 32);
 
     vmm_spec_t spec;
     char kernel[512], initrd[512], rootfs[512], cmdline[512], cgroup[512];
@@ -338,38 +362,38 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
         err_wrap(e, "vm");
         goto fail;
     }
-    int64_t t_vm = mono_ms();
+    int64_t t_vm = sbx__mono_ms();
     envdc_t c;
     envdc_target(&c, s->net.host_ip, m->guest_port, s->token);
-    if ((rc = envdc_wait_health(&c, m->boot_timeout_ms, vm_alive_cb, s->vm, e)) < 0) {
+    if ((rc = envdc_wait_health(&c, m->boot_timeout_ms, sbx__vm_alive_cb, s->vm, e)) < 0) {
         err_wrap(e, "boot");
         goto fail;
     }
-    int64_t t_health = mono_ms();
+    int64_t t_health = sbx__mono_ms();
     if ((rc = envdc_init(&c, req->env_vars, e)) < 0) {
         err_wrap(e, "guest init");
         goto fail;
     }
-    s->created_at = now_s();
+    s->created_at = sbx__now_s();
     atomic_store(&s->last_active_at, s->created_at);
     if ((rc = sbx__record_save(s, e)) < 0) {
         err_wrap(e, "record");
         goto fail;
     }
     s->state = SBX_RUNNING;
-    fill_info(s, out);
+    sbx__fill_info(s, out);
     pthread_mutex_unlock(&s->lock);
     log_info("sandbox.created",
              "sandbox=%s template=%s slot=%d vcpus=%u memory_mb=%u host_ip=%s dur_ms=%lld "
              "vm_ms=%lld boot_ms=%lld",
              s->id, s->template_name, s->slot, s->vcpus, s->memory_mb, s->net.host_ip,
-             (long long)(mono_ms() - t0), (long long)(t_vm - t0), (long long)(t_health - t_vm));
+             (long long)(sbx__mono_ms() - t0), (long long)(t_vm - t0), (long long)(t_health - t_vm));
     sbx__unref(m, s);
     return 0;
 
 fail:
     log_warn("sandbox.create_failed", "sandbox=%s err=\"%s\"", s->id, e ? e->msg : "");
-    teardown(m, s, true);
+    sbx__teardown(m, s, true);
     pthread_mutex_unlock(&s->lock);
     if (inserted)
         sbx__remove(m, s);
@@ -380,22 +404,22 @@ fail:
 /* Destroy s (referenced by the caller). */
 static int destroy_locked(sbx_mgr_t *m, sbx_t *s, const char *why)
 {
-    int64_t t0 = mono_ms();
+    int64_t t0 = sbx__mono_ms();
     s->state = SBX_STOPPING;
-    teardown(m, s, true);
+    sbx__teardown(m, s, true);
     log_info("sandbox.destroyed", "sandbox=%s reason=%s dur_ms=%lld", s->id, why,
-             (long long)(mono_ms() - t0));
+             (long long)(sbx__mono_ms() - t0));
     return 0;
 }
 
 int sbx_destroy(sbx_mgr_t *m, const char *id, err_t *e)
 {
-    sbx_t *s = lookup(m, id);
+    sbx_t *s = sbx__lookup(m, id);
     if (!s)
         return err_set(e, -ENOENT, "sandbox %s not found", id);
     pthread_mutex_lock(&s->lock);
     int rc;
-    if (s->state != SBX_RUNNING) {
+    if (s->state != SBX_RUNNING && s->state != SBX_PAUSED) {
         rc = err_set(e, -ENOENT, "sandbox %s not found", id);
         pthread_mutex_unlock(&s->lock);
     } else {
@@ -411,12 +435,14 @@ int sbx_destroy(sbx_mgr_t *m, const char *id, err_t *e)
 static int with_running(sbx_mgr_t *m, const char *id, err_t *e,
                         void (*fn)(sbx_mgr_t *m, sbx_t *s, void *ud), void *ud)
 {
-    sbx_t *s = lookup(m, id);
+    sbx_t *s = sbx__lookup(m, id);
     if (!s)
         return err_set(e, -ENOENT, "sandbox %s not found", id);
     pthread_mutex_lock(&s->lock);
     int rc = 0;
-    if (s->state != SBX_RUNNING)
+    if (s->state == SBX_PAUSED)
+        rc = err_set(e, -EALREADY, "sandbox %s is paused", id);
+    else if (s->state != SBX_RUNNING)
         rc = err_set(e, -ENOENT, "sandbox %s not found", id);
     else
         fn(m, s, ud);
@@ -428,7 +454,7 @@ static int with_running(sbx_mgr_t *m, const char *id, err_t *e,
 static void do_info(sbx_mgr_t *m, sbx_t *s, void *ud)
 {
     (void)m;
-    fill_info(s, ud);
+    sbx__fill_info(s, ud);
 }
 
 int sbx_get(sbx_mgr_t *m, const char *id, sbx_info_t *out, err_t *e)
@@ -451,8 +477,8 @@ int sbx_list(sbx_mgr_t *m, sbx_info_t **out, size_t *n)
     for (size_t i = 0; i < cnt; i++) {
         /* A sandbox being created holds its lock for the whole boot: skip it, not wait. */
         if (pthread_mutex_trylock(&copy[i]->lock) == 0) {
-            if (copy[i]->state == SBX_RUNNING)
-                fill_info(copy[i], &arr[k++]);
+            if (copy[i]->state == SBX_RUNNING || copy[i]->state == SBX_PAUSED)
+                sbx__fill_info(copy[i], &arr[k++]);
             pthread_mutex_unlock(&copy[i]->lock);
         }
         sbx__unref(m, copy[i]);
@@ -474,7 +500,7 @@ static void do_timeout(sbx_mgr_t *m, sbx_t *s, void *ud)
     (void)m;
     struct timeout_arg *a = ud;
     atomic_store(&s->timeout_sec, a->t);
-    atomic_store(&s->last_active_at, now_s());
+    atomic_store(&s->last_active_at, sbx__now_s());
     a->rc = sbx__record_save(s, a->e);
 }
 
@@ -491,7 +517,7 @@ static void do_touch(sbx_mgr_t *m, sbx_t *s, void *ud)
 {
     (void)m;
     (void)ud;
-    atomic_store(&s->last_active_at, now_s());
+    atomic_store(&s->last_active_at, sbx__now_s());
 }
 
 int sbx_touch(sbx_mgr_t *m, const char *id, err_t *e)
@@ -501,7 +527,7 @@ int sbx_touch(sbx_mgr_t *m, const char *id, err_t *e)
 
 static void do_target(sbx_mgr_t *m, sbx_t *s, void *ud)
 {
-    atomic_store(&s->last_active_at, now_s());
+    atomic_store(&s->last_active_at, sbx__now_s());
     envdc_target(ud, s->net.host_ip, m->guest_port, s->token);
 }
 
@@ -522,7 +548,7 @@ static void reap_once(sbx_mgr_t *m)
         copy[i]->refs++;
     }
     pthread_mutex_unlock(&m->lock);
-    int64_t now = now_s();
+    int64_t now = sbx__now_s();
     for (size_t i = 0; i < cnt; i++) {
         sbx_t *s = copy[i];
         if (pthread_mutex_trylock(&s->lock) == 0) {
@@ -571,6 +597,8 @@ int sbx_mgr_new(const sbx_mgr_cfg_t *cfg, sbx_mgr_t **out, err_t *e)
     int rc = 0;
     m->root = xstrdup(cfg->root);
     m->sbx_root = xasprintf("%s/sandboxes", cfg->root);
+    m->tmpl_root = xasprintf("%s/templates", cfg->root);
+    m->max_layers = cfg->max_layers > 0 ? cfg->max_layers : 10;
     m->boot_timeout_ms = cfg->boot_timeout_ms > 0 ? cfg->boot_timeout_ms : 30000;
     m->guest_port = cfg->guest_port > 0 ? cfg->guest_port : NET_ENVD_PORT;
     m->slots = xcalloc(NET_MAX_SLOTS + 1, 1);
@@ -601,6 +629,10 @@ int sbx_mgr_new(const sbx_mgr_cfg_t *cfg, sbx_mgr_t **out, err_t *e)
         goto fail;
     }
     chmod(m->sbx_root, 0711);
+    if (mkdir(m->tmpl_root, 0700) < 0 && errno != EEXIST) {
+        rc = err_errno(e, "create templates directory");
+        goto fail;
+    }
     if ((rc = net_host_init(e)) < 0) {
         err_wrap(e, "network init");
         goto fail;
@@ -643,6 +675,7 @@ void sbx_mgr_free(sbx_mgr_t *m)
     free(m->slots);
     free(m->root);
     free(m->sbx_root);
+    free(m->tmpl_root);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->stop_lock);
     pthread_cond_destroy(&m->stop_cond);

@@ -31,7 +31,8 @@ typedef struct sbx_mgr sbx_mgr_t;
 #define SBX_UID_BASE 200000
 
 typedef struct sbx_mgr_cfg {
-    const char *root;     /* agent root dir (kernels/, images/, sandboxes/) */
+    const char *root;     /* agent root dir (kernels/, images/, templates/, sandboxes/) */
+    unsigned max_layers;  /* memory layers before a merge; 0 → 10 */
     long boot_timeout_ms; /* how long a new guest may take to answer /health; 0 → 30 s */
     int guest_port;       /* envd port in the guest; 0 → 49983 */
 } sbx_mgr_cfg_t;
@@ -39,7 +40,7 @@ typedef struct sbx_mgr_cfg {
 /** What callers see of one sandbox. */
 typedef struct sbx_info {
     char id[72];
-    char status[16]; /* "running" (others are transient and not listed) */
+    char status[16]; /* "running" or "paused" (others are transient and not listed) */
     char template_name[72];
     unsigned vcpus;
     unsigned memory_mb;
@@ -56,6 +57,7 @@ typedef struct sbx_create_req {
     int64_t memory_mb;         /* <= 0: 512 */
     int64_t timeout_sec;       /* inactivity TTL; 0: none */
     const json_t *env_vars;    /* optional object of strings for the guest's /init */
+    const char *team;          /* optional: whose snapshot templates template_name may name */
 } sbx_create_req_t;
 
 /** Create the manager: host network setup, re-adoption of live sandboxes recorded under root,
@@ -93,5 +95,30 @@ int sbx_touch(sbx_mgr_t *m, const char *id, err_t *e);
 /** Where to reach a running sandbox's guest agent (address and access token), marking it
  * active. -ENOENT when unknown or not running. */
 int sbx_target(sbx_mgr_t *m, const char *id, envdc_t *out, err_t *e);
+
+/** Pause: save the VM (device state + memory as a new layer) into <dir>/snap, stop it and free
+ * its network slot. The sandbox stays known as "paused". -ENOENT unknown, -EALREADY when not
+ * running. */
+int sbx_pause(sbx_mgr_t *m, const char *id, err_t *e);
+
+/** Resume a paused sandbox in a new slot (memory served lazily from its layers); sets the TTL
+ * (timeout_sec >= 0) and fills out. -EALREADY when not paused. On failure it stays paused. */
+int sbx_resume(sbx_mgr_t *m, const char *id, int64_t timeout_sec, sbx_info_t *out, err_t *e);
+
+/** Turn a sandbox (running: it is paused first; or paused) into the snapshot template name of
+ * team (NULL/"": no team), replacing one of the same name of that team. *size gets the
+ * template's bytes on disk. The sandbox stays paused. */
+int sbx_snapshot_create(sbx_mgr_t *m, const char *id, const char *team, const char *name,
+                        int64_t *size, err_t *e);
+
+/** Delete a snapshot template. Sandboxes made from it keep the files they use (hard links).
+ * -ENOENT when there is none. */
+int sbx_snapshot_delete(sbx_mgr_t *m, const char *team, const char *name, err_t *e);
+
+/** Fork a running sandbox into count new ones (1..16): it is checkpointed and goes on running
+ * (same slot); each child restores from that checkpoint in a slot of its own, sharing its
+ * memory layers. *out (malloc'd, *n entries) gets the children. */
+int sbx_fork(sbx_mgr_t *m, const char *id, unsigned count, int64_t timeout_sec, sbx_info_t **out,
+             size_t *n, err_t *e);
 
 #endif

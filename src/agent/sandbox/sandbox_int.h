@@ -10,7 +10,7 @@
 #include "sandbox.h"
 #include "vmm/vmm.h"
 
-enum sbx_state { SBX_CREATING, SBX_RUNNING, SBX_STOPPING, SBX_GONE };
+enum sbx_state { SBX_CREATING, SBX_RUNNING, SBX_PAUSED, SBX_STOPPING, SBX_GONE };
 
 /** One sandbox. Fields below `lock` are guarded by it; refs by the table lock. */
 typedef struct sbx {
@@ -31,6 +31,11 @@ typedef struct sbx {
     char dir[512];
     uid_t uid;
     gid_t gid;
+    char team[72];     /* owner of the snapshot templates it makes ("" = none given) */
+    bool restored;     /* RAM is <dir>/memfs/mem over the snapshot in <dir>/snap (else <dir>/mem) */
+    pid_t memfs_pid;   /* the memfs process serving that RAM file, 0: none */
+    uint64_t memfs_start; /* its start time, to detect pid reuse */
+    char mem_path[560];   /* <dir>/memfs/mem when restored */
 } sbx_t;
 
 struct sbx_mgr {
@@ -45,6 +50,9 @@ struct sbx_mgr {
     sbx_t **tab;
     size_t ntab, captab;
     uint8_t *slots; /* NET_MAX_SLOTS + 1 entries, 1 = taken */
+
+    char *tmpl_root;     /* <root>/templates: snapshot templates, <team>/<name>/ */
+    unsigned max_layers; /* memory layers a snapshot may have before they are merged */
 
     pthread_t reaper;
     bool reaper_started;
@@ -70,6 +78,32 @@ void sbx__remove(sbx_mgr_t *m, sbx_t *s);
 /** Fill the VMM spec of s; strings point into s and bufs (which must live as long). */
 void sbx__spec(sbx_mgr_t *m, sbx_t *s, vmm_spec_t *spec, char *kernel, char *initrd, char *rootfs,
                char *cmdline, char *cgroup, size_t n);
+
+/** Allocate a free network slot (-ENOSPC) and give it back. */
+int sbx__alloc_slot(sbx_mgr_t *m);
+void sbx__release_slot(sbx_mgr_t *m, sbx_t *s);
+/** A referenced sandbox by id, or NULL. */
+sbx_t *sbx__lookup(sbx_mgr_t *m, const char *id);
+void sbx__fill_info(const sbx_t *s, sbx_info_t *out);
+/** Stop the VM, the memfs server and the network of s; remove its files when remove_files.
+ * Called with s->lock held. */
+void sbx__teardown(sbx_mgr_t *m, sbx_t *s, bool remove_files);
+/** Random lowercase hex of nbytes bytes into out (2 * nbytes + 1 chars). */
+void sbx__random_hex(char *out, size_t nbytes);
+int64_t sbx__now_s(void);
+int64_t sbx__mono_ms(void);
+int sbx__vm_alive_cb(void *ud);
+
+/* snapshot.c */
+/** Where the snapshot template (team, name) lives: <root>/templates/<team or "_">/<name>. */
+void sbx__template_dir(const sbx_mgr_t *m, const char *team, const char *name, char *buf,
+                       size_t n);
+/** Create a sandbox from the snapshot template in tdir (restore, not boot). */
+int sbx__create_from_template(sbx_mgr_t *m, const sbx_create_req_t *req, const char *tdir,
+                              sbx_info_t *out, err_t *e);
+/** Stop the memfs server of s (after its VM is gone) and remove its mount point, upper file and
+ * bitmap. */
+void sbx__memfs_down(sbx_t *s);
 
 /* recover.c */
 /** Re-adopt or clean up recorded sandboxes, then reap leftovers nobody owns. */

@@ -1,0 +1,918 @@
+/* Pause, resume, snapshot templates and fork (issue 4).
+ *
+ * Files of one sandbox (<root>/sandboxes/<id>/):
+ *   overlay.qcow2   its disk (copy-on-write over base.ext4 or an image's rootfs.ext4)
+ *   base.ext4       a hard link to the template's flattened disk (sandboxes from templates)
+ *   mem             guest RAM of a cold-booted VM (share=on, the VM's own file)
+ *   snap/           its newest snapshot: mem.hdr (the memory map), <id>.layer files (hard links
+ *                   shared with templates and forks), <map id>.state (QEMU's device state)
+ *   memfs/mem       guest RAM of a restored VM: a FUSE file over snap/ (memfs.h), whose writes
+ *                   go to upper.mem and dirty.bitmap until the next pause makes them a layer
+ * Templates (<root>/templates/<team or _>/<name>/): template.json, mem.hdr, the layers, the
+ * state and rootfs.ext4 (the disk flattened with qemu-img).
+ *
+ * A pause commits in this order: device state to snap/state.tmp; VM stopped; memory turned into
+ * a layer (cold VM: its RAM file is renamed into snap/; restored VM: memfs flushed and stopped,
+ * then upper + bitmap become the layer); state renamed to <map id>.state; mem.hdr replaced
+ * atomically (the commit point); unreferenced layers and states removed.
+ */
+#include "sandbox_int.h"
+#include "disk_glue.h"
+#include "fsutil.h"
+#include "log.h"
+#include "mem/mem.h"
+#include "memfs/memfs.h"
+#include "disk/disk.h"
+#include "pjson.h"
+#include "procfs.h"
+#include "xalloc.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define SNAP_SAVE_TIMEOUT_MS  30000
+#define SNAP_MEMFS_TIMEOUT_MS 15000
+#define SNAP_MAX_FORK         16
+
+void sbx__template_dir(const sbx_mgr_t *m, const char *team, const char *name, char *buf,
+                       size_t n)
+{
+    snprintf(buf, n, "%s/%s/%s", m->tmpl_root, team && *team ? team : "_", name);
+}
+
+/* ---- small file helpers -------------------------------------------------------------------- */
+
+/* buf = dir + "/" + name; -ENAMETOOLONG (and buf "") when it does not fit. */
+static int path_in(char *buf, size_t n, const char *dir, const char *name)
+{
+    size_t dl = strlen(dir), nl = strlen(name);
+    if (dl + 1 + nl + 1 > n) {
+        if (n)
+            buf[0] = '\0';
+        return -ENAMETOOLONG;
+    }
+    memcpy(buf, dir, dl);
+    buf[dl] = '/';
+    memcpy(buf + dl + 1, name, nl + 1);
+    return 0;
+}
+
+/* Hard link from → to (EXDEV: copy). An existing `to` is replaced. */
+static int link_file(const char *from, const char *to, err_t *e)
+{
+    unlink(to);
+    if (link(from, to) == 0)
+        return 0;
+    if (errno != EXDEV)
+        return err_errno(e, to);
+    return fsutil_copy_file(from, to, e);
+}
+
+/* Run argv (absolute program path) and wait; 0 when it exits 0. */
+static int run_prog(char *const argv[], err_t *e)
+{
+    pid_t pid;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0)
+        return err_set(e, -rc, "cannot run %s: %s", argv[0], strerror(rc));
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0) {
+        if (errno != EINTR)
+            return err_errno(e, "waitpid");
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return err_set(e, -EIO, "%s failed (status %d)", argv[0], st);
+    return 0;
+}
+
+/* Remove every "*.state" file in dir but keep_name. */
+static void remove_other_states(const char *dir, const char *keep_name)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t l = strlen(de->d_name);
+        if (l > 6 && strcmp(de->d_name + l - 6, ".state") == 0 &&
+            strcmp(de->d_name, keep_name) != 0)
+            unlinkat(dirfd(d), de->d_name, 0);
+    }
+    closedir(d);
+}
+
+static void state_name(const mem_map_t *map, char *buf, size_t n)
+{
+    char hex[33];
+    mem_id_hex(&map->id, hex);
+    snprintf(buf, n, "%s.state", hex);
+}
+
+/* Link a snapshot (header, layers, state) from one directory into another (created 0700). */
+static int link_snapshot(const char *from, const char *to, mem_map_t **map_out, err_t *e)
+{
+    char p1[PATH_MAX], p2[PATH_MAX], sname[64];
+    mem_map_t *map = NULL;
+    int rc;
+    if (mkdir(to, 0700) < 0 && errno != EEXIST)
+        return err_errno(e, to);
+    if ((rc = path_in(p1, sizeof p1, from, "mem.hdr")) < 0 ||
+        (rc = mem_map_load(p1, &map, e)) < 0)
+        return rc;
+    state_name(map, sname, sizeof sname);
+    if ((rc = mem_link_layers(map, from, to, e)) < 0)
+        goto out;
+    path_in(p1, sizeof p1, from, sname);
+    path_in(p2, sizeof p2, to, sname);
+    if ((rc = link_file(p1, p2, e)) < 0)
+        goto out;
+    path_in(p2, sizeof p2, to, "mem.hdr");
+    rc = mem_map_save(map, p2, e);
+out:
+    if (rc == 0 && map_out)
+        *map_out = map;
+    else
+        mem_map_free(map);
+    return rc;
+}
+
+/* ---- memfs ---------------------------------------------------------------------------------- */
+
+void sbx__memfs_down(sbx_t *s)
+{
+    char mnt[PATH_MAX], p[PATH_MAX];
+    snprintf(mnt, sizeof mnt, "%s/memfs", s->dir);
+    err_t e = {0};
+    if (memfs_stop(mnt, s->memfs_pid, SNAP_MEMFS_TIMEOUT_MS, &e) < 0)
+        log_warn("sandbox.memfs_stop_failed", "sandbox=%s err=\"%s\"", s->id, e.msg);
+    rmdir(mnt);
+    snprintf(p, sizeof p, "%s/upper.mem", s->dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/dirty.bitmap", s->dir);
+    unlink(p);
+    s->memfs_pid = 0;
+    s->memfs_start = 0;
+    s->restored = false;
+}
+
+/* Read the dirty bitmap of a map of nblocks blocks (a short file reads as zero bits). */
+static uint8_t *load_bitmap(const char *path, uint64_t nblocks, err_t *e)
+{
+    size_t len = (size_t)((nblocks + 7) / 8);
+    uint8_t *bits = xcalloc(len ? len : 1, 1);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return bits;
+        err_errno(e, path);
+        free(bits);
+        return NULL;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t r = pread(fd, bits + off, len - off, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            err_errno(e, path);
+            close(fd);
+            free(bits);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        off += (size_t)r;
+    }
+    close(fd);
+    return bits;
+}
+
+/* ---- checkpoint and restore ---------------------------------------------------------------- */
+
+/* Save the running VM of s into <dir>/snap and stop it (its network stays). On an error before
+ * the VM was stopped it runs on and the old snapshot is untouched; after, *lost says the
+ * sandbox cannot go on. */
+static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, err_t *e)
+{
+    int64_t t0 = sbx__mono_ms();
+    char snap[PATH_MAX], tmp[PATH_MAX], p[PATH_MAX], sname[64];
+    mem_map_t *parent = NULL, *map = NULL;
+    uint8_t *bits = NULL;
+    int rc, fd = -1;
+    *lost = false;
+    path_in(snap, sizeof snap, s->dir, "snap");
+    if (mkdir(snap, 0700) < 0 && errno != EEXIST)
+        return err_errno(e, snap);
+    path_in(tmp, sizeof tmp, snap, "state.tmp");
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return err_errno(e, tmp);
+    if ((rc = vmm_save(s->vm, fd, SNAP_SAVE_TIMEOUT_MS, e)) < 0 || fsync(fd) < 0) {
+        if (rc == 0)
+            rc = err_errno(e, "fsync state");
+        close(fd);
+        unlink(tmp);
+        err_t ce = {0};
+        if (vmm_resume(s->vm, &ce) < 0)
+            log_warn("sandbox.cont_failed", "sandbox=%s err=\"%s\"", s->id, ce.msg);
+        return rc;
+    }
+    close(fd);
+    int64_t t_save = sbx__mono_ms();
+    err_t se = {0};
+    if (vmm_stop(s->vm, 5000, &se) < 0)
+        log_warn("sandbox.vm_stop_failed", "sandbox=%s err=\"%s\"", s->id, se.msg);
+    s->vm = NULL;
+    *lost = true; /* from here on, failing loses the running state */
+    int64_t t_stop = sbx__mono_ms();
+
+    uint64_t size = (uint64_t)s->memory_mb << 20;
+    if (s->restored) {
+        char mnt[PATH_MAX];
+        path_in(mnt, sizeof mnt, s->dir, "memfs");
+        if ((rc = memfs_stop(mnt, s->memfs_pid, SNAP_MEMFS_TIMEOUT_MS, e)) < 0)
+            goto out;
+        rmdir(mnt);
+        s->memfs_pid = 0;
+        path_in(p, sizeof p, snap, "mem.hdr");
+        if ((rc = mem_map_load(p, &parent, e)) < 0)
+            goto out;
+        path_in(p, sizeof p, s->dir, "dirty.bitmap");
+        if (!(bits = load_bitmap(p, parent->size / parent->block_size, e))) {
+            rc = e ? e->code : -EIO;
+            goto out;
+        }
+        path_in(p, sizeof p, s->dir, "upper.mem");
+        if ((rc = mem_commit_diff(parent, p, bits, snap, m->max_layers, &map, e)) < 0)
+            goto out;
+        path_in(p, sizeof p, s->dir, "dirty.bitmap");
+        unlink(p);
+        path_in(p, sizeof p, s->dir, "upper.mem");
+        unlink(p);
+        s->restored = false;
+    } else {
+        path_in(p, sizeof p, s->dir, "mem");
+        if ((rc = mem_commit_full(p, size, snap, &map, e)) < 0)
+            goto out;
+    }
+    int64_t t_mem = sbx__mono_ms();
+    state_name(map, sname, sizeof sname);
+    path_in(p, sizeof p, snap, sname);
+    if (rename(tmp, p) < 0) {
+        rc = err_errno(e, "rename state");
+        goto out;
+    }
+    path_in(p, sizeof p, snap, "mem.hdr");
+    if ((rc = mem_map_save(map, p, e)) < 0)
+        goto out;
+    /* Committed. What the new map no longer needs goes. */
+    remove_other_states(snap, sname);
+    const mem_map_t *keep[1] = {map};
+    err_t ge = {0};
+    if (mem_gc(snap, keep, 1, &ge) < 0)
+        log_warn("sandbox.gc_failed", "sandbox=%s err=\"%s\"", s->id, ge.msg);
+    *lost = false;
+    log_info("sandbox.checkpoint",
+             "sandbox=%s generation=%u layers=%u save_ms=%lld stop_ms=%lld mem_ms=%lld "
+             "dur_ms=%lld",
+             s->id, map->generation, map->nlayers, (long long)(t_save - t0),
+             (long long)(t_stop - t_save), (long long)(t_mem - t_stop),
+             (long long)(sbx__mono_ms() - t0));
+    rc = 0;
+out:
+    if (rc < 0)
+        unlink(tmp);
+    free(bits);
+    mem_map_free(parent);
+    mem_map_free(map);
+    return rc;
+}
+
+/* Start s's VM from the snapshot in <dir>/snap, in its (already created) network, and init its
+ * guest: old_token is what the guest holds (NULL: s->token). On failure nothing of the VM or
+ * memfs is left; snap/ is untouched. */
+static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *env_vars,
+                   err_t *e)
+{
+    int64_t t0 = sbx__mono_ms();
+    char snap[PATH_MAX], hdr[PATH_MAX], p[PATH_MAX], upper[PATH_MAX], bitmap[PATH_MAX],
+        mnt[PATH_MAX], sname[64];
+    mem_map_t *map = NULL;
+    mem_reader_t *rd = NULL;
+    int rc, fd = -1;
+    path_in(snap, sizeof snap, s->dir, "snap");
+    path_in(hdr, sizeof hdr, snap, "mem.hdr");
+    /* Refuse a corrupt or truncated snapshot before anything maps it. */
+    if ((rc = mem_map_load(hdr, &map, e)) < 0 || (rc = mem_reader_open(map, snap, &rd, e)) < 0) {
+        err_wrap(e, "snapshot");
+        goto out;
+    }
+    mem_reader_free(rd);
+    rd = NULL;
+    if (map->size != (uint64_t)s->memory_mb << 20) {
+        rc = err_set(e, -EBADMSG, "snapshot: memory is %llu bytes, the sandbox has %u MiB",
+                     (unsigned long long)map->size, s->memory_mb);
+        goto out;
+    }
+    state_name(map, sname, sizeof sname);
+    path_in(p, sizeof p, snap, sname);
+    fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        rc = err_errno(e, "snapshot: device state");
+        goto out;
+    }
+    path_in(upper, sizeof upper, s->dir, "upper.mem");
+    path_in(bitmap, sizeof bitmap, s->dir, "dirty.bitmap");
+    path_in(mnt, sizeof mnt, s->dir, "memfs");
+    unlink(upper);
+    unlink(bitmap);
+    if (mkdir(mnt, 0755) < 0 && errno != EEXIST) {
+        rc = err_errno(e, mnt);
+        goto out;
+    }
+    memfs_opts_t mo = {.map = hdr,
+                       .layers = snap,
+                       .upper = upper,
+                       .bitmap = bitmap,
+                       .mount = mnt,
+                       .uid = s->uid,
+                       .gid = s->gid,
+                       .ready_fd = -1};
+    if ((rc = memfs_spawn(&mo, SNAP_MEMFS_TIMEOUT_MS, &s->memfs_pid, e)) < 0) {
+        err_wrap(e, "memfs");
+        goto out;
+    }
+    s->memfs_start = procfs_start_time(s->memfs_pid);
+    s->restored = true;
+    int64_t t_memfs = sbx__mono_ms();
+
+    vmm_spec_t spec;
+    char kernel[512], initrd[512], rootfs[512], cmdline[512], cgroup[512];
+    sbx__spec(m, s, &spec, kernel, initrd, rootfs, cmdline, cgroup, 512);
+    spec.incoming = true;
+    if ((rc = vmm_qemu_start(&spec, &s->vm, e)) < 0) {
+        err_wrap(e, "vm");
+        goto out;
+    }
+    int64_t t_vm = sbx__mono_ms();
+    if ((rc = vmm_restore(s->vm, fd, SNAP_SAVE_TIMEOUT_MS, e)) < 0)
+        goto out;
+    int64_t t_restore = sbx__mono_ms();
+    envdc_t c;
+    envdc_target(&c, s->net.host_ip, m->guest_port, s->token);
+    if ((rc = envdc_wait_health(&c, m->boot_timeout_ms, sbx__vm_alive_cb, s->vm, e)) < 0) {
+        err_wrap(e, "resume");
+        goto out;
+    }
+    int64_t t_health = sbx__mono_ms();
+    /* The guest clock stood still while paused: /init sets it, and reseeds the RNG. */
+    if ((rc = envdc_reinit(&c, old_token, env_vars, true, e)) < 0) {
+        err_wrap(e, "guest init");
+        goto out;
+    }
+    log_info("sandbox.restored",
+             "sandbox=%s slot=%d generation=%u memfs_ms=%lld vm_ms=%lld restore_ms=%lld "
+             "health_ms=%lld dur_ms=%lld",
+             s->id, s->slot, map->generation, (long long)(t_memfs - t0),
+             (long long)(t_vm - t_memfs), (long long)(t_restore - t_vm),
+             (long long)(t_health - t_restore), (long long)(sbx__mono_ms() - t0));
+    rc = 0;
+out:
+    if (rc < 0) {
+        if (s->vm) {
+            err_t se = {0};
+            vmm_stop(s->vm, 1000, &se);
+            s->vm = NULL;
+        }
+        if (s->memfs_pid > 0 || s->restored)
+            sbx__memfs_down(s);
+    }
+    if (fd >= 0)
+        close(fd);
+    mem_reader_free(rd);
+    mem_map_free(map);
+    return rc;
+}
+
+/* Give s a network slot (and the slot's uid, which its files are chowned to). */
+static int net_up(sbx_mgr_t *m, sbx_t *s, err_t *e)
+{
+    int slot = sbx__alloc_slot(m);
+    if (slot < 0)
+        return err_set(e, -ENOSPC, "no free network slot");
+    s->slot = slot;
+    s->uid = (uid_t)(SBX_UID_BASE + slot);
+    s->gid = (gid_t)(SBX_UID_BASE + slot);
+    net_slot_names(slot, &s->net);
+    char p[PATH_MAX];
+    int rc = 0;
+    if (chown(s->dir, s->uid, s->gid) < 0)
+        rc = err_errno(e, "chown sandbox directory");
+    path_in(p, sizeof p, s->dir, "overlay.qcow2");
+    if (rc == 0 && chown(p, s->uid, s->gid) < 0)
+        rc = err_errno(e, "chown disk");
+    if (rc == 0 && (rc = net_create(slot, &s->net, e)) < 0)
+        err_wrap(e, "network");
+    if (rc < 0) {
+        sbx__release_slot(m, s);
+        return rc;
+    }
+    s->net_up = true;
+    return 0;
+}
+
+static void net_down(sbx_mgr_t *m, sbx_t *s)
+{
+    if (s->net_up) {
+        err_t e = {0};
+        if (net_destroy(s->slot, &e) < 0)
+            log_warn("sandbox.net_destroy_failed", "sandbox=%s slot=%d err=\"%s\"", s->id,
+                     s->slot, e.msg);
+        s->net_up = false;
+    }
+    sbx__release_slot(m, s);
+    memset(&s->net, 0, sizeof s->net);
+}
+
+/* ---- pause / resume ------------------------------------------------------------------------ */
+
+/* Pause s (locked, running). On failure it is running still, or lost (destroyed). */
+static int pause_locked(sbx_mgr_t *m, sbx_t *s, bool *gone, err_t *e)
+{
+    int64_t t0 = sbx__mono_ms();
+    bool lost = false;
+    *gone = false;
+    int rc = checkpoint(m, s, &lost, e);
+    if (rc < 0) {
+        if (lost) {
+            log_warn("sandbox.lost", "sandbox=%s err=\"%s\"", s->id, e ? e->msg : "");
+            sbx__teardown(m, s, true);
+            *gone = true;
+        }
+        return rc;
+    }
+    net_down(m, s);
+    s->state = SBX_PAUSED;
+    if ((rc = sbx__record_save(s, e)) < 0)
+        return rc;
+    log_info("sandbox.paused", "sandbox=%s dur_ms=%lld", s->id, (long long)(sbx__mono_ms() - t0));
+    return 0;
+}
+
+int sbx_pause(sbx_mgr_t *m, const char *id, err_t *e)
+{
+    sbx_t *s = sbx__lookup(m, id);
+    if (!s)
+        return err_set(e, -ENOENT, "sandbox %s not found", id);
+    pthread_mutex_lock(&s->lock);
+    int rc;
+    bool gone = false;
+    if (s->state == SBX_PAUSED)
+        rc = err_set(e, -EALREADY, "sandbox %s is already paused", id);
+    else if (s->state != SBX_RUNNING)
+        rc = err_set(e, -ENOENT, "sandbox %s not found", id);
+    else
+        rc = pause_locked(m, s, &gone, e);
+    pthread_mutex_unlock(&s->lock);
+    if (gone)
+        sbx__remove(m, s);
+    sbx__unref(m, s);
+    return rc;
+}
+
+int sbx_resume(sbx_mgr_t *m, const char *id, int64_t timeout_sec, sbx_info_t *out, err_t *e)
+{
+    if (timeout_sec < 0 || timeout_sec > SBX_MAX_TIMEOUT_S)
+        return err_set(e, -EINVAL, "timeoutSec must be between 0 and %lld", SBX_MAX_TIMEOUT_S);
+    sbx_t *s = sbx__lookup(m, id);
+    if (!s)
+        return err_set(e, -ENOENT, "sandbox %s not found", id);
+    int64_t t0 = sbx__mono_ms();
+    pthread_mutex_lock(&s->lock);
+    int rc;
+    if (s->state == SBX_RUNNING) {
+        rc = err_set(e, -EALREADY, "sandbox %s is running", id);
+        goto out;
+    }
+    if (s->state != SBX_PAUSED) {
+        rc = err_set(e, -ENOENT, "sandbox %s not found", id);
+        goto out;
+    }
+    if ((rc = net_up(m, s, e)) < 0)
+        goto out;
+    if ((rc = restore(m, s, NULL, NULL, e)) < 0) {
+        net_down(m, s);
+        goto out;
+    }
+    s->state = SBX_RUNNING;
+    atomic_store(&s->timeout_sec, timeout_sec);
+    atomic_store(&s->last_active_at, sbx__now_s());
+    if ((rc = sbx__record_save(s, e)) < 0)
+        goto out;
+    sbx__fill_info(s, out);
+    log_info("sandbox.resumed", "sandbox=%s slot=%d host_ip=%s dur_ms=%lld", s->id, s->slot,
+             s->net.host_ip, (long long)(sbx__mono_ms() - t0));
+out:
+    pthread_mutex_unlock(&s->lock);
+    sbx__unref(m, s);
+    return rc;
+}
+
+/* ---- clones: from a template, or forks -------------------------------------------------------- */
+
+typedef struct clone_src {
+    const char *snap;    /* directory with mem.hdr, layers, the state */
+    const char *base;    /* the disk's read-only base (raw ext4), hard-linked into the clone */
+    const char *overlay; /* a qcow2 overlay over base to copy (forks), NULL: a fresh one */
+    unsigned vcpus, memory_mb;
+    const char *token; /* what the guest holds */
+    const char *template_name;
+    const char *team;
+} clone_src_t;
+
+/* Make a new running sandbox restored from src. */
+static int make_clone(sbx_mgr_t *m, const clone_src_t *src, const char *id, int64_t timeout_sec,
+                      const json_t *env_vars, sbx_info_t *out, err_t *e)
+{
+    int64_t t0 = sbx__mono_ms();
+    sbx_t *s = sbx__new();
+    int rc = 0;
+    bool inserted = false;
+    char p[PATH_MAX], base[PATH_MAX], overlay[PATH_MAX];
+    if (id && *id)
+        snprintf(s->id, sizeof s->id, "%s", id);
+    else {
+        char hex[17];
+        sbx__random_hex(hex, 4);
+        snprintf(s->id, sizeof s->id, "sb-%s", hex);
+    }
+    snprintf(s->template_name, sizeof s->template_name, "%s", src->template_name);
+    snprintf(s->team, sizeof s->team, "%s", src->team ? src->team : "");
+    s->vcpus = src->vcpus;
+    s->memory_mb = src->memory_mb;
+    atomic_store(&s->timeout_sec, timeout_sec);
+    s->state = SBX_CREATING;
+    pthread_mutex_lock(&s->lock);
+    if ((rc = sbx__insert(m, s)) < 0) {
+        rc = err_set(e, -EEXIST, "sandbox %s already exists", s->id);
+        goto fail;
+    }
+    inserted = true;
+    snprintf(s->dir, sizeof s->dir, "%s/%s", m->sbx_root, s->id);
+    if (mkdir(s->dir, 0700) < 0) {
+        rc = err_errno(e, "create sandbox directory");
+        s->dir[0] = '\0';
+        goto fail;
+    }
+    path_in(p, sizeof p, s->dir, "snap");
+    if ((rc = link_snapshot(src->snap, p, NULL, e)) < 0) {
+        err_wrap(e, "snapshot");
+        goto fail;
+    }
+    /* The disk: its own link to the base keeps it alive when the template is deleted. */
+    path_in(base, sizeof base, s->dir, "base.ext4");
+    path_in(overlay, sizeof overlay, s->dir, "overlay.qcow2");
+    if ((rc = link_file(src->base, base, e)) < 0)
+        goto fail;
+    if (src->overlay) {
+        if ((rc = fsutil_copy_file(src->overlay, overlay, e)) < 0)
+            goto fail;
+        char *rebase[] = {"/usr/bin/qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b",
+                          base, overlay, NULL};
+        if ((rc = run_prog(rebase, e)) < 0)
+            goto fail;
+    } else if ((rc = sbx_disk_overlay(base, overlay, 0, 0, e)) < 0) {
+        err_wrap(e, "disk");
+        goto fail;
+    }
+    if ((rc = net_up(m, s, e)) < 0)
+        goto fail;
+    sbx__random_hex(s->token, 32);
+    if ((rc = restore(m, s, src->token, env_vars, e)) < 0)
+        goto fail;
+    s->created_at = sbx__now_s();
+    atomic_store(&s->last_active_at, s->created_at);
+    if ((rc = sbx__record_save(s, e)) < 0)
+        goto fail;
+    s->state = SBX_RUNNING;
+    sbx__fill_info(s, out);
+    pthread_mutex_unlock(&s->lock);
+    log_info("sandbox.created", "sandbox=%s template=%s slot=%d restored=1 dur_ms=%lld", s->id,
+             s->template_name, s->slot, (long long)(sbx__mono_ms() - t0));
+    sbx__unref(m, s);
+    return 0;
+fail:
+    log_warn("sandbox.create_failed", "sandbox=%s err=\"%s\"", s->id, e ? e->msg : "");
+    sbx__teardown(m, s, true);
+    sbx__release_slot(m, s);
+    pthread_mutex_unlock(&s->lock);
+    if (inserted)
+        sbx__remove(m, s);
+    sbx__unref(m, s);
+    return rc;
+}
+
+/* template.json of a template directory. */
+typedef struct tmpl_meta {
+    unsigned vcpus, memory_mb;
+    char token[72];
+} tmpl_meta_t;
+
+static int read_meta(const char *tdir, tmpl_meta_t *t, err_t *e)
+{
+    char p[PATH_MAX];
+    path_in(p, sizeof p, tdir, "template.json");
+    json_error_t je;
+    json_t *j = json_load_file(p, JSON_REJECT_DUPLICATES, &je);
+    int rc = 0;
+    const char *tok = json_string_value(json_object_get(j, "accessToken"));
+    json_int_t v = json_integer_value(json_object_get(j, "vcpus"));
+    json_int_t mb = json_integer_value(json_object_get(j, "memoryMb"));
+    if (!j || !tok || strlen(tok) >= sizeof t->token || v < 1 || v > SBX_MAX_VCPUS ||
+        mb < SBX_MIN_MEMORY_MB || mb > SBX_MAX_MEMORY_MB)
+        rc = err_set(e, -EBADMSG, "template %s: unreadable template.json", tdir);
+    else {
+        t->vcpus = (unsigned)v;
+        t->memory_mb = (unsigned)mb;
+        snprintf(t->token, sizeof t->token, "%s", tok);
+    }
+    json_decref(j);
+    return rc;
+}
+
+int sbx__create_from_template(sbx_mgr_t *m, const sbx_create_req_t *req, const char *tdir,
+                              sbx_info_t *out, err_t *e)
+{
+    tmpl_meta_t t;
+    int rc = read_meta(tdir, &t, e);
+    if (rc < 0)
+        return rc;
+    char base[PATH_MAX];
+    path_in(base, sizeof base, tdir, "rootfs.ext4");
+    /* The template's size wins over the request's: memory and devices are in its snapshot. */
+    clone_src_t src = {.snap = tdir,
+                       .base = base,
+                       .vcpus = t.vcpus,
+                       .memory_mb = t.memory_mb,
+                       .token = t.token,
+                       .template_name = req->template_name,
+                       .team = req->team};
+    return make_clone(m, &src, req->id, req->timeout_sec, req->env_vars, out, e);
+}
+
+/* ---- templates ------------------------------------------------------------------------------ */
+
+static int64_t du_bytes(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (int64_t)st.st_blocks * 512 : 0;
+}
+
+int sbx_snapshot_create(sbx_mgr_t *m, const char *id, const char *team, const char *name,
+                        int64_t *size, err_t *e)
+{
+    if (!sbx_safe_name(name))
+        return err_set(e, -EINVAL,
+                       "name is not valid: use 1-64 letters, digits, '.', '_' or '-', not "
+                       "starting with '.'");
+    if (team && *team && !sbx_safe_name(team))
+        return err_set(e, -EINVAL, "teamId is not valid");
+    sbx_t *s = sbx__lookup(m, id);
+    if (!s)
+        return err_set(e, -ENOENT, "sandbox %s not found", id);
+    int64_t t0 = sbx__mono_ms();
+    pthread_mutex_lock(&s->lock);
+    int rc = 0;
+    bool gone = false;
+    char tdir[PATH_MAX], tmp[PATH_MAX + 64], old[PATH_MAX + 64], p[PATH_MAX], q[PATH_MAX], hex[17];
+    mem_map_t *map = NULL;
+    tmp[0] = '\0';
+    if (s->state == SBX_RUNNING) {
+        if ((rc = pause_locked(m, s, &gone, e)) < 0)
+            goto out;
+    } else if (s->state != SBX_PAUSED) {
+        rc = err_set(e, -ENOENT, "sandbox %s not found", id);
+        goto out;
+    }
+    sbx__template_dir(m, team, name, tdir, sizeof tdir);
+    snprintf(p, sizeof p, "%s/%s", m->tmpl_root, team && *team ? team : "_");
+    if (mkdir(p, 0700) < 0 && errno != EEXIST) {
+        rc = err_errno(e, p);
+        goto out;
+    }
+    sbx__random_hex(hex, 8);
+    snprintf(tmp, sizeof tmp, "%s/.tmp-%s", p, hex);
+    snprintf(old, sizeof old, "%s/.old-%s", p, hex);
+    path_in(p, sizeof p, s->dir, "snap");
+    if ((rc = link_snapshot(p, tmp, &map, e)) < 0)
+        goto out;
+    /* The disk, flattened: the template must not depend on the sandbox's overlay chain. */
+    path_in(p, sizeof p, s->dir, "overlay.qcow2");
+    path_in(q, sizeof q, tmp, "rootfs.ext4");
+    char *conv[] = {"/usr/bin/qemu-img", "convert", "-f", "qcow2", "-O", "raw", p, q, NULL};
+    if ((rc = run_prog(conv, e)) < 0) {
+        err_wrap(e, "flatten disk");
+        goto out;
+    }
+    chmod(q, 0444);
+    json_t *meta = json_pack("{s:i, s:s, s:s, s:i, s:i, s:s, s:I}", "version", 1, "source", s->id,
+                             "accessToken", s->token, "vcpus", (int)s->vcpus, "memoryMb",
+                             (int)s->memory_mb, "team", team ? team : "", "createdAt",
+                             (json_int_t)sbx__now_s());
+    buf_t b;
+    buf_init(&b);
+    pjson_dump(meta, &b);
+    json_decref(meta);
+    path_in(p, sizeof p, tmp, "template.json");
+    rc = fsutil_write_atomic(p, b.data, b.len, 0600, true, e);
+    buf_fini(&b);
+    if (rc < 0)
+        goto out;
+    /* Replace a template of the same name: its clones keep their own links to its files. */
+    if (rename(tdir, old) < 0 && errno != ENOENT) {
+        rc = err_errno(e, "replace template");
+        goto out;
+    }
+    if (rename(tmp, tdir) < 0) {
+        rc = err_errno(e, "install template");
+        rename(old, tdir);
+        goto out;
+    }
+    tmp[0] = '\0';
+    sbx__rmrf(old);
+    uint64_t mem_bytes = 0;
+    err_t de = {0};
+    mem_disk_bytes(map, tdir, &mem_bytes, &de);
+    path_in(p, sizeof p, tdir, "rootfs.ext4");
+    *size = (int64_t)mem_bytes + du_bytes(p);
+    log_info("sandbox.template_created", "sandbox=%s team=%s name=%s bytes=%lld dur_ms=%lld", s->id,
+             team ? team : "", name, (long long)*size, (long long)(sbx__mono_ms() - t0));
+out:
+    if (tmp[0])
+        sbx__rmrf(tmp);
+    mem_map_free(map);
+    pthread_mutex_unlock(&s->lock);
+    if (gone)
+        sbx__remove(m, s);
+    sbx__unref(m, s);
+    return rc;
+}
+
+int sbx_snapshot_delete(sbx_mgr_t *m, const char *team, const char *name, err_t *e)
+{
+    if (!sbx_safe_name(name))
+        return err_set(e, -EINVAL, "name is not valid");
+    if (team && *team && !sbx_safe_name(team))
+        return err_set(e, -EINVAL, "teamId is not valid");
+    char tdir[PATH_MAX], old[PATH_MAX], hex[17];
+    sbx__template_dir(m, team, name, tdir, sizeof tdir);
+    sbx__random_hex(hex, 8);
+    snprintf(old, sizeof old, "%s/%s/.old-%s", m->tmpl_root, team && *team ? team : "_", hex);
+    /* Renamed first, so a create from it that starts now fails cleanly instead of half-way. */
+    if (rename(tdir, old) < 0)
+        return errno == ENOENT ? err_set(e, -ENOENT, "template %s not found", name)
+                               : err_errno(e, "delete template");
+    sbx__rmrf(old);
+    log_info("sandbox.template_deleted", "team=%s name=%s", team ? team : "", name);
+    return 0;
+}
+
+/* ---- fork ----------------------------------------------------------------------------------- */
+
+int sbx_fork(sbx_mgr_t *m, const char *id, unsigned count, int64_t timeout_sec, sbx_info_t **out,
+             size_t *n, err_t *e)
+{
+    *out = NULL;
+    *n = 0;
+    if (count < 1 || count > SNAP_MAX_FORK)
+        return err_set(e, -EINVAL, "count must be between 1 and %d", SNAP_MAX_FORK);
+    if (timeout_sec < 0 || timeout_sec > SBX_MAX_TIMEOUT_S)
+        return err_set(e, -EINVAL, "timeoutSec must be between 0 and %lld", SBX_MAX_TIMEOUT_S);
+    sbx_t *s = sbx__lookup(m, id);
+    if (!s)
+        return err_set(e, -ENOENT, "sandbox %s not found", id);
+    int64_t t0 = sbx__mono_ms();
+    int rc = 0;
+    bool gone = false;
+    char stage[PATH_MAX + 64], p[PATH_MAX], base[PATH_MAX], overlay[PATH_MAX], hex[17];
+    stage[0] = '\0';
+    clone_src_t src = {0};
+    char tmpl[72], team[72], token[72];
+    pthread_mutex_lock(&s->lock);
+    if (s->state == SBX_PAUSED) {
+        rc = err_set(e, -EALREADY, "sandbox %s is paused", id);
+        pthread_mutex_unlock(&s->lock);
+        goto out;
+    }
+    if (s->state != SBX_RUNNING) {
+        rc = err_set(e, -ENOENT, "sandbox %s not found", id);
+        pthread_mutex_unlock(&s->lock);
+        goto out;
+    }
+    /* Checkpoint the parent and stage what the children start from (links and a copy of its
+     * disk overlay), then let the parent go on from that same checkpoint in its own slot. */
+    bool lost = false;
+    if ((rc = checkpoint(m, s, &lost, e)) < 0) {
+        if (lost) {
+            sbx__teardown(m, s, true);
+            gone = true;
+        }
+        pthread_mutex_unlock(&s->lock);
+        goto out;
+    }
+    sbx__random_hex(hex, 8);
+    snprintf(stage, sizeof stage, "%s/.fork-%s", m->sbx_root, hex);
+    path_in(p, sizeof p, s->dir, "snap");
+    if (mkdir(stage, 0700) < 0)
+        rc = err_errno(e, "fork staging directory");
+    path_in(overlay, sizeof overlay, stage, "overlay.qcow2");
+    path_in(base, sizeof base, stage, "base.ext4");
+    char snapdir[PATH_MAX];
+    path_in(snapdir, sizeof snapdir, stage, "snap");
+    if (rc == 0)
+        rc = link_snapshot(p, snapdir, NULL, e);
+    if (rc == 0) {
+        path_in(p, sizeof p, s->dir, "overlay.qcow2");
+        rc = fsutil_copy_file(p, overlay, e);
+    }
+    if (rc == 0) {
+        char backing[PATH_MAX];
+        rc = disk_qcow2_backing(p, backing, sizeof backing, e);
+        if (rc == 0)
+            rc = err_set(e, -EINVAL, "the disk overlay has no backing file");
+        else if (rc > 0)
+            rc = link_file(backing, base, e);
+    }
+    snprintf(tmpl, sizeof tmpl, "%s", s->template_name);
+    snprintf(team, sizeof team, "%s", s->team);
+    snprintf(token, sizeof token, "%s", s->token);
+    unsigned vcpus = s->vcpus, memory_mb = s->memory_mb;
+    /* The parent goes on whatever happened to the staging. */
+    err_t re = {0};
+    if (restore(m, s, NULL, NULL, &re) < 0) {
+        log_warn("sandbox.fork_parent_paused", "sandbox=%s err=\"%s\"", s->id, re.msg);
+        net_down(m, s);
+        s->state = SBX_PAUSED;
+        if (rc == 0)
+            rc = err_set(e, -EIO, "the parent could not go on and is paused: %s", re.msg);
+    }
+    atomic_store(&s->last_active_at, sbx__now_s());
+    err_t ie = {0};
+    sbx__record_save(s, &ie);
+    pthread_mutex_unlock(&s->lock);
+    if (rc < 0)
+        goto out;
+
+    src = (clone_src_t){.snap = snapdir,
+                        .base = base,
+                        .overlay = overlay,
+                        .vcpus = vcpus,
+                        .memory_mb = memory_mb,
+                        .token = token,
+                        .template_name = tmpl,
+                        .team = team};
+    sbx_info_t *arr = xcalloc(count, sizeof *arr);
+    size_t k = 0;
+    for (unsigned i = 0; i < count; i++) {
+        rc = make_clone(m, &src, NULL, timeout_sec, NULL, &arr[k], e);
+        if (rc < 0)
+            break;
+        k++;
+    }
+    if (rc < 0) {
+        /* All or nothing: the children made so far go again. */
+        for (size_t i = 0; i < k; i++) {
+            err_t de = {0};
+            sbx_destroy(m, arr[i].id, &de);
+        }
+        free(arr);
+        goto out;
+    }
+    *out = arr;
+    *n = k;
+    log_info("sandbox.forked", "sandbox=%s children=%u dur_ms=%lld", id, count,
+             (long long)(sbx__mono_ms() - t0));
+out:
+    if (stage[0])
+        sbx__rmrf(stage);
+    if (gone)
+        sbx__remove(m, s);
+    sbx__unref(m, s);
+    return rc;
+}
