@@ -89,6 +89,7 @@ static int m_create(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
         (rc = pjson_i64(in, "vcpus", &q.vcpus, NULL, e)) < 0 ||
         (rc = pjson_i64(in, "memoryMb", &q.memory_mb, NULL, e)) < 0 ||
         (rc = pjson_i64(in, "timeoutSec", &q.timeout_sec, NULL, e)) < 0 ||
+        (rc = pjson_str(in, "teamId", &q.team, e)) < 0 ||
         (rc = pjson_obj(in, "envVars", &envs, e)) < 0)
         return rc;
     q.env_vars = envs;
@@ -170,6 +171,102 @@ static int m_ping(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
     if ((rc = rpc__sandbox_id(in, &id, e)) < 0 || (rc = sbx_touch(r->mgr, id, e)) < 0)
         return rc;
     *out = json_object();
+    return 0;
+}
+
+/* ---- snapshots ------------------------------------------------------------------------------- */
+
+static int m_pause(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
+{
+    rpc_t *r = c->ud;
+    const char *id = NULL;
+    int rc;
+    if ((rc = rpc__sandbox_id(in, &id, e)) < 0 || (rc = sbx_pause(r->mgr, id, e)) < 0)
+        return rc;
+    *out = json_object();
+    return 0;
+}
+
+static int m_resume(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
+{
+    rpc_t *r = c->ud;
+    const char *id = NULL;
+    int64_t t = 0;
+    sbx_info_t info;
+    int rc;
+    if ((rc = rpc__sandbox_id(in, &id, e)) < 0 ||
+        (rc = pjson_i64(in, "timeoutSec", &t, NULL, e)) < 0 ||
+        (rc = sbx_resume(r->mgr, id, t, &info, e)) < 0)
+        return rc;
+    *out = json_object();
+    json_object_set_new(*out, "sandboxId", json_string(info.id));
+    json_object_set_new(*out, "status", json_string(info.status));
+    json_object_set_new(*out, "hostIp", json_string(info.host_ip));
+    return 0;
+}
+
+/* A template name: required, and a safe name. */
+static int tmpl_name(const json_t *in, const char **name, const char **team, err_t *e)
+{
+    int rc;
+    if ((rc = pjson_str(in, "name", name, e)) < 0 || (rc = pjson_str(in, "teamId", team, e)) < 0)
+        return rc;
+    if (!*name || !**name)
+        return err_set(e, -EINVAL, "name is required");
+    return 0;
+}
+
+static int m_snapshot_create(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
+{
+    rpc_t *r = c->ud;
+    const char *id = NULL, *name = NULL, *team = NULL;
+    int64_t size = 0;
+    int rc;
+    if ((rc = rpc__sandbox_id(in, &id, e)) < 0 || (rc = tmpl_name(in, &name, &team, e)) < 0 ||
+        (rc = sbx_snapshot_create(r->mgr, id, team, name, &size, e)) < 0)
+        return rc;
+    *out = json_object();
+    json_object_set_new(*out, "name", json_string(name));
+    json_object_set_new(*out, "sizeBytes", pjson_i64_value(size));
+    return 0;
+}
+
+static int m_snapshot_delete(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
+{
+    rpc_t *r = c->ud;
+    const char *name = NULL, *team = NULL;
+    int rc;
+    if ((rc = tmpl_name(in, &name, &team, e)) < 0 ||
+        (rc = sbx_snapshot_delete(r->mgr, team, name, e)) < 0)
+        return rc;
+    *out = json_object();
+    return 0;
+}
+
+static int m_fork(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
+{
+    rpc_t *r = c->ud;
+    const char *id = NULL;
+    int64_t count = 1, t = 0;
+    sbx_info_t *arr = NULL;
+    size_t n = 0;
+    int rc;
+    if ((rc = rpc__sandbox_id(in, &id, e)) < 0 ||
+        (rc = pjson_i64(in, "count", &count, NULL, e)) < 0 ||
+        (rc = pjson_i64(in, "timeoutSec", &t, NULL, e)) < 0)
+        return rc;
+    if (!pjson_get(in, "count"))
+        count = 1;
+    if (count < 1 || count > 16)
+        return err_set(e, -EINVAL, "count must be between 1 and 16");
+    if ((rc = sbx_fork(r->mgr, id, (unsigned)count, t, &arr, &n, e)) < 0)
+        return rc;
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(list, info_json(&arr[i]));
+    free(arr);
+    *out = json_object();
+    json_object_set_new(*out, "sandboxes", list);
     return 0;
 }
 
@@ -366,6 +463,11 @@ LOGGED("Ping", m_ping)
 LOGGED("Exec", m_exec)
 LOGGED("ReadFile", m_read_file)
 LOGGED("WriteFile", m_write_file)
+LOGGED("PauseSandbox", m_pause)
+LOGGED("ResumeSandbox", m_resume)
+LOGGED("CreateSnapshot", m_snapshot_create)
+LOGGED("DeleteSnapshot", m_snapshot_delete)
+LOGGED("ForkSandbox", m_fork)
 
 static const connect_method_t methods[] = {
     {RPC_SERVICE "CreateSandbox", m_create_logged, NULL},
@@ -380,6 +482,11 @@ static const connect_method_t methods[] = {
     {RPC_SERVICE "ReadFile", m_read_file_logged, NULL},
     {RPC_SERVICE "WriteFile", m_write_file_logged, NULL},
     {RPC_SERVICE "ReadFileStream", NULL, rpc__read_stream},
+    {RPC_SERVICE "PauseSandbox", m_pause_logged, NULL},
+    {RPC_SERVICE "ResumeSandbox", m_resume_logged, NULL},
+    {RPC_SERVICE "CreateSnapshot", m_snapshot_create_logged, NULL},
+    {RPC_SERVICE "DeleteSnapshot", m_snapshot_delete_logged, NULL},
+    {RPC_SERVICE "ForkSandbox", m_fork_logged, NULL},
 };
 
 size_t rpc_routes(rpc_t *rpc, http_route_t *routes, size_t max)

@@ -15,7 +15,7 @@
 
 #define RPC_SERVICE "/hostagent.v1.HostAgentService/"
 /** How many routes rpc_routes() fills at most. */
-#define RPC_MAX_ROUTES 16
+#define RPC_MAX_ROUTES 32
 
 /** Service state; must outlive the server. */
 typedef struct rpc {
