@@ -74,6 +74,7 @@ static const struct {
     {-ELOOP, {400, "failed_precondition", "too many levels of symbolic links"}},
     {-ENOTEMPTY, {400, "failed_precondition", "directory not empty"}},
     {-EALREADY, {400, "failed_precondition", "operation not allowed in this state"}},
+    {-EUCLEAN, {400, "failed_precondition", "stored data is corrupt"}}, /* e.g. a snapshot */
     {-ERANGE, {400, "out_of_range", "out of range"}},
     {-ENOKEY, {401, "unauthenticated", "authentication required"}},
     {-EKEYREJECTED, {401, "unauthenticated", "invalid credentials"}},

@@ -320,13 +320,16 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
     path_in(hdr, sizeof hdr, snap, "mem.hdr");
     /* Refuse a corrupt or truncated snapshot before anything maps it. */
     if ((rc = mem_map_load(hdr, &map, e)) < 0 || (rc = mem_reader_open(map, snap, &rd, e)) < 0) {
-        err_wrap(e, "snapshot");
+        /* Bad bytes on disk are the snapshot's state, not the request's fault. */
+        if (rc == -EBADMSG || rc == -ENOENT)
+            rc = e ? (e->code = -EUCLEAN) : -EUCLEAN;
+        err_wrap(e, "snapshot is unusable");
         goto out;
     }
     mem_reader_free(rd);
     rd = NULL;
     if (map->size != (uint64_t)s->memory_mb << 20) {
-        rc = err_set(e, -EBADMSG, "snapshot: memory is %llu bytes, the sandbox has %u MiB",
+        rc = err_set(e, -EUCLEAN, "snapshot: memory is %llu bytes, the sandbox has %u MiB",
                      (unsigned long long)map->size, s->memory_mb);
         goto out;
     }
@@ -334,7 +337,8 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
     path_in(p, sizeof p, snap, sname);
     fd = open(p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
-        rc = err_errno(e, "snapshot: device state");
+        rc = err_set(e, errno == ENOENT ? -EUCLEAN : -errno,
+                     "snapshot is unusable: its device state %s: %s", sname, strerror(errno));
         goto out;
     }
     path_in(upper, sizeof upper, s->dir, "upper.mem");
