@@ -125,7 +125,8 @@ int envdc_reinit(const envdc_t *c, const char *old_token, const json_t *env_vars
                 got += (size_t)k;
         }
         char b64[128];
-        b64_encode(rnd, sizeof rnd, b64, true);
+        size_t bl = b64_encode(rnd, sizeof rnd, b64, true);
+        b64[bl] = '\0';
         json_object_set_new(body, "entropy", json_string(b64));
     }
     buf_t b;

@@ -1,0 +1,614 @@
+/* Issue 4 through the real wrenn-agent and real microVMs (QEMU microvm under TCG): pause/resume
+ * cycles that keep memory, files and processes; snapshot templates with many clones; fork;
+ * resume after an agent restart; pause under load; corrupt snapshots refused; bad requests.
+ * After every test nothing may be left behind (VMs, namespaces, mounts, files). */
+#include "ta.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "xalloc.h"
+
+static ta_agent_t ag;
+static bool have_vms;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    have_vms = ta_have_vms();
+    if (!have_vms) {
+        fprintf(stderr, "# no VMM driver, network module or image scripts: VM tests skipped\n");
+        return 0;
+    }
+    if (ta_ensure_image("minimal") < 0)
+        return -1;
+    return ta_start(&ag) == 0 ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    if (have_vms)
+        ta_stop(&ag);
+    return 0;
+}
+
+/* FUSE mounts (memfs) under the agent's root. */
+static int mounts_left(void)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return 0;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, ag.root)) {
+            fprintf(stderr, "# mount left: %s", line);
+            n++;
+        }
+    fclose(f);
+    return n;
+}
+
+static long callf(const char *method, json_t **out, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static long callf(const char *method, json_t **out, const char *fmt, ...)
+{
+    char body[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(body, sizeof body, fmt, ap);
+    va_end(ap);
+    json_t *r = NULL;
+    long st = ta_call(&ag, method, body, &r);
+    if (out)
+        *out = r;
+    else
+        json_decref(r);
+    return st;
+}
+
+static const char *code_of(const json_t *r)
+{
+    const char *c = json_string_value(json_object_get(r, "code"));
+    return c ? c : "";
+}
+
+/* After each test: the agent is alive, every sandbox and template destroyed, nothing left. */
+static int after(void **state)
+{
+    (void)state;
+    if (!have_vms)
+        return 0;
+    if (!th_envd_alive(&ag.h)) {
+        fprintf(stderr, "# the agent died\n");
+        return -1;
+    }
+    json_t *l = NULL;
+    if (ta_call(&ag, "ListSandboxes", "{}", &l) == 200) {
+        json_t *s;
+        size_t i;
+        json_array_foreach(json_object_get(l, "sandboxes"), i, s)
+        callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}",
+              json_string_value(json_object_get(s, "sandboxId")));
+    }
+    json_decref(l);
+    /* Templates are meant to outlive sandboxes: each test deletes its own; whatever is still
+     * there is a test failure. */
+    char path[400];
+    snprintf(path, sizeof path, "%s/templates", ag.root);
+    int left = 0;
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (de->d_name[0] == '.')
+                continue;
+            char sub[700];
+            snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
+            DIR *t = opendir(sub);
+            struct dirent *te;
+            while (t && (te = readdir(t)))
+                if (te->d_name[0] != '.') {
+                    fprintf(stderr, "# template left: %s/%s\n", de->d_name, te->d_name);
+                    left++;
+                }
+            if (t)
+                closedir(t);
+        }
+        closedir(d);
+    }
+    return ta_leftovers(ag.root) == 0 && mounts_left() == 0 && left == 0 ? 0 : -1;
+}
+
+#define NEED_VMS()                                                                                 \
+    do {                                                                                           \
+        if (!have_vms)                                                                             \
+            skip();                                                                                \
+    } while (0)
+
+/* Run script, expect exit 0, return its trimmed stdout (malloc'd). */
+static char *sh_ok(const char *id, const char *script)
+{
+    buf_t out, err;
+    buf_init(&out);
+    buf_init(&err);
+    int rc = ta_sh(&ag, id, script, &out, &err);
+    if (rc != 0)
+        fprintf(stderr, "# '%s' in %s: exit %d, stderr: %s\n", script, id, rc,
+                err.data ? err.data : "");
+    assert_int_equal(rc, 0);
+    char *s = xstrdup(out.data ? out.data : "");
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
+        s[--n] = '\0';
+    buf_fini(&out);
+    buf_fini(&err);
+    return s;
+}
+
+static char *create(const char *tmpl, const char *extra)
+{
+    json_t *r = NULL;
+    long st = callf("CreateSandbox", &r, "{\"template\":\"%s\",\"timeoutSec\":0%s%s}", tmpl,
+                    extra ? "," : "", extra ? extra : "");
+    if (st != 200)
+        fprintf(stderr, "# create %s: %ld %s\n", tmpl, st,
+                json_string_value(json_object_get(r, "message")));
+    assert_int_equal(st, 200);
+    char *id = xstrdup(json_string_value(json_object_get(r, "sandboxId")));
+    json_decref(r);
+    return id;
+}
+
+static void pause_ok(const char *id)
+{
+    json_t *r = NULL;
+    long st = callf("PauseSandbox", &r, "{\"sandboxId\":\"%s\"}", id);
+    if (st != 200)
+        fprintf(stderr, "# pause: %ld %s\n", st, json_string_value(json_object_get(r, "message")));
+    assert_int_equal(st, 200);
+    json_decref(r);
+}
+
+static void resume_ok(const char *id)
+{
+    json_t *r = NULL;
+    long st = callf("ResumeSandbox", &r, "{\"sandboxId\":\"%s\",\"timeoutSec\":0}", id);
+    if (st != 200)
+        fprintf(stderr, "# resume: %ld %s\n", st, json_string_value(json_object_get(r, "message")));
+    assert_int_equal(st, 200);
+    assert_string_equal(json_string_value(json_object_get(r, "status")), "running");
+    json_decref(r);
+}
+
+static void status_is(const char *id, const char *want)
+{
+    json_t *l = NULL;
+    assert_int_equal(ta_call(&ag, "ListSandboxes", "{}", &l), 200);
+    json_t *s;
+    size_t i;
+    const char *got = NULL;
+    json_array_foreach(json_object_get(l, "sandboxes"), i, s)
+    {
+        if (strcmp(json_string_value(json_object_get(s, "sandboxId")), id) == 0)
+            got = json_string_value(json_object_get(s, "status"));
+    }
+    assert_non_null(got);
+    assert_string_equal(got, want);
+    json_decref(l);
+}
+
+static int count_layers(const char *id)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/sandboxes/%s/snap", ag.root, id);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)))
+        if (strstr(de->d_name, ".layer"))
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* ---- pause / resume -------------------------------------------------------------------------- */
+
+/* A 200 MiB in-memory buffer, a file on disk and a process started before the first pause all
+ * survive 50 pause/resume cycles; a small hot region changes every cycle (new layers, merges). */
+static void test_fifty_cycles(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    char *id = create("minimal", "\"memoryMb\":512");
+    char *sum0 = sh_ok(id, "mkdir -p /mnt/ram && mount -t tmpfs -o size=300m ram /mnt/ram && "
+                           "head -c 209715200 /dev/urandom > /mnt/ram/buf && "
+                           "md5sum /mnt/ram/buf | cut -d' ' -f1");
+    free(sh_ok(id, "echo persisted > /root/file && sync"));
+    char *pid = sh_ok(id, "sleep 100000 > /dev/null 2>&1 & echo $!");
+    for (int i = 0; i < 50; i++) {
+        char script[256];
+        /* Change 1 MiB of a hot file, remember its sum, pause, resume, compare. */
+        snprintf(script, sizeof script,
+                 "head -c 1048576 /dev/urandom > /mnt/ram/hot && md5sum /mnt/ram/hot | cut -d' ' "
+                 "-f1");
+        char *hot = sh_ok(id, script);
+        pause_ok(id);
+        status_is(id, "paused");
+        resume_ok(id);
+        char *hot2 = sh_ok(id, "md5sum /mnt/ram/hot | cut -d' ' -f1");
+        assert_string_equal(hot, hot2);
+        snprintf(script, sizeof script, "kill -0 %s && cat /root/file", pid);
+        char *f = sh_ok(id, script);
+        assert_string_equal(f, "persisted");
+        free(hot);
+        free(hot2);
+        free(f);
+        int layers = count_layers(id);
+        assert_true(layers >= 1 && layers <= 10);
+        if (i == 24) {
+            char *mid = sh_ok(id, "md5sum /mnt/ram/buf | cut -d' ' -f1");
+            assert_string_equal(mid, sum0);
+            free(mid);
+        }
+    }
+    char *sum1 = sh_ok(id, "md5sum /mnt/ram/buf | cut -d' ' -f1");
+    assert_string_equal(sum0, sum1);
+    /* The guest clock was set on every resume: it is within a few seconds of the host's. */
+    char *gt = sh_ok(id, "date +%s");
+    long long d = atoll(gt) - (long long)time(NULL);
+    assert_true(d > -5 && d < 5);
+    free(gt);
+    free(sum0);
+    free(sum1);
+    free(pid);
+    free(id);
+}
+
+/* ---- templates ------------------------------------------------------------------------------- */
+
+struct clone_job {
+    char id[80];
+    int ok;
+};
+
+static void *clone_thread(void *ud)
+{
+    struct clone_job *j = ud;
+    json_t *r = NULL;
+    /* memoryMb/vcpus asked for are ignored: the template's own apply. */
+    long st = callf("CreateSandbox", &r,
+                    "{\"template\":\"tpl\",\"teamId\":\"team-a\",\"memoryMb\":1024,\"vcpus\":2}");
+    if (st == 200) {
+        snprintf(j->id, sizeof j->id, "%s", json_string_value(json_object_get(r, "sandboxId")));
+        j->ok = 1;
+    } else {
+        fprintf(stderr, "# clone: %ld %s\n", st, json_string_value(json_object_get(r, "message")));
+    }
+    json_decref(r);
+    return NULL;
+}
+
+static void test_template_ten_clones(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    char *src = create("minimal", "\"memoryMb\":256");
+    free(sh_ok(src, "echo from-template > /root/marker && sync && "
+                    "(while :; do sleep 1; done) > /dev/null 2>&1 & echo $! > /root/pid"));
+    json_t *r = NULL;
+    long st = callf("CreateSnapshot", &r,
+                    "{\"sandboxId\":\"%s\",\"name\":\"tpl\",\"teamId\":\"team-a\"}", src);
+    assert_int_equal(st, 200);
+    assert_string_equal(json_string_value(json_object_get(r, "name")), "tpl");
+    assert_true(atoll(json_string_value(json_object_get(r, "sizeBytes"))) > 0);
+    json_decref(r);
+    status_is(src, "paused"); /* the source stays paused and resumable */
+
+    /* Another team cannot see it, nor overwrite it. */
+    st = callf("CreateSandbox", &r, "{\"template\":\"tpl\",\"teamId\":\"team-b\"}");
+    assert_int_equal(st, 404);
+    json_decref(r);
+
+    struct clone_job jobs[10];
+    pthread_t th[10];
+    memset(jobs, 0, sizeof jobs);
+    for (int i = 0; i < 10; i++)
+        pthread_create(&th[i], NULL, clone_thread, &jobs[i]);
+    for (int i = 0; i < 10; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(jobs[i].ok, 1);
+    for (int i = 0; i < 10; i++) {
+        char *m = sh_ok(jobs[i].id, "cat /root/marker && kill -0 $(cat /root/pid) && echo alive");
+        assert_string_equal(m, "from-template\nalive");
+        free(m);
+        char script[200];
+        snprintf(script, sizeof script, "echo %d > /root/own && sync", i);
+        free(sh_ok(jobs[i].id, script));
+        assert_int_equal(callf("GetSandbox", &r, "{\"sandboxId\":\"%s\"}", jobs[i].id), 200);
+        assert_int_equal(json_integer_value(json_object_get(r, "memoryMb")), 256);
+        assert_int_equal(json_integer_value(json_object_get(r, "vcpus")), 1);
+        json_decref(r);
+    }
+    /* Independent: each sees only what it wrote itself. */
+    for (int i = 0; i < 10; i++) {
+        char *o = sh_ok(jobs[i].id, "cat /root/own");
+        assert_int_equal(atoi(o), i);
+        free(o);
+    }
+    /* Deleting the template leaves its clones working, pausable and resumable. */
+    assert_int_equal(callf("DeleteSnapshot", NULL, "{\"name\":\"tpl\",\"teamId\":\"team-a\"}"),
+                     200);
+    assert_int_equal(callf("DeleteSnapshot", &r, "{\"name\":\"tpl\",\"teamId\":\"team-a\"}"), 404);
+    json_decref(r);
+    pause_ok(jobs[3].id);
+    resume_ok(jobs[3].id);
+    char *o = sh_ok(jobs[3].id, "cat /root/own /root/marker");
+    assert_string_equal(o, "3\nfrom-template");
+    free(o);
+    /* The source is still resumable. */
+    resume_ok(src);
+    o = sh_ok(src, "cat /root/marker");
+    assert_string_equal(o, "from-template");
+    free(o);
+    free(src);
+}
+
+/* ---- fork ------------------------------------------------------------------------------------ */
+
+static void test_fork(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    char *id = create("minimal", "\"memoryMb\":256");
+    free(sh_ok(id, "echo before > /root/f && sync && (i=0; while :; do i=$((i+1)); "
+                   "echo $i > /tmp/counter; sleep 0.2; done) > /dev/null 2>&1 & echo $! > /tmp/pid"));
+    json_t *r = NULL;
+    long st = callf("ForkSandbox", &r, "{\"sandboxId\":\"%s\",\"count\":2}", id);
+    if (st != 200)
+        fprintf(stderr, "# fork: %s\n", json_string_value(json_object_get(r, "message")));
+    assert_int_equal(st, 200);
+    json_t *kids = json_object_get(r, "sandboxes");
+    assert_int_equal(json_array_size(kids), 2);
+    char *k[2];
+    for (int i = 0; i < 2; i++)
+        k[i] = xstrdup(json_string_value(json_object_get(json_array_get(kids, i), "sandboxId")));
+    json_decref(r);
+    status_is(id, "running");
+    /* Parent and children: the file and the running process came along. */
+    const char *all[3] = {id, k[0], k[1]};
+    for (int i = 0; i < 3; i++) {
+        char *o = sh_ok(all[i], "cat /root/f && kill -0 $(cat /tmp/pid) && echo alive");
+        assert_string_equal(o, "before\nalive");
+        free(o);
+        char script[100];
+        snprintf(script, sizeof script, "echo %d > /root/f && sync", i);
+        free(sh_ok(all[i], script));
+    }
+    for (int i = 0; i < 3; i++) {
+        char *o = sh_ok(all[i], "cat /root/f");
+        assert_int_equal(atoi(o), i);
+        free(o);
+    }
+    free(k[0]);
+    free(k[1]);
+    free(id);
+}
+
+/* ---- agent restart ----------------------------------------------------------------------------- */
+
+static void test_resume_after_restart(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    char *id = create("minimal", "\"memoryMb\":256");
+    free(sh_ok(id, "echo kept > /root/f && sync && sleep 100000 > /dev/null 2>&1 & "
+                   "echo $! > /tmp/pid"));
+    pause_ok(id);
+    ta_kill9(&ag);
+    assert_int_equal(ta_restart(&ag), 0);
+    status_is(id, "paused");
+    resume_ok(id);
+    char *o = sh_ok(id, "cat /root/f && kill -0 $(cat /tmp/pid) && echo alive");
+    assert_string_equal(o, "kept\nalive");
+    free(o);
+    /* A restored (memfs-backed) sandbox is re-adopted too, and pauses again afterwards. */
+    ta_kill9(&ag);
+    assert_int_equal(ta_restart(&ag), 0);
+    status_is(id, "running");
+    o = sh_ok(id, "cat /root/f");
+    assert_string_equal(o, "kept");
+    free(o);
+    pause_ok(id);
+    resume_ok(id);
+    o = sh_ok(id, "cat /root/f");
+    assert_string_equal(o, "kept");
+    free(o);
+    free(id);
+}
+
+/* ---- under load -------------------------------------------------------------------------------- */
+
+struct load_job {
+    const char *id;
+    long status;
+};
+
+static void *load_thread(void *ud)
+{
+    struct load_job *j = ud;
+    json_t *r = NULL;
+    /* Busy for a while, writing memory: pausing cuts this call off. */
+    j->status = callf("Exec", &r,
+                      "{\"sandboxId\":\"%s\",\"cmd\":\"/bin/sh\",\"args\":[\"-c\",\"i=0; while [ "
+                      "$i -lt 400 ]; do head -c 262144 /dev/urandom > /tmp/load.$((i %% 8)); "
+                      "i=$((i+1)); done; echo done\"]}",
+                      j->id);
+    json_decref(r);
+    return NULL;
+}
+
+static void test_pause_under_load(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    char *id = create("minimal", "\"memoryMb\":256");
+    free(sh_ok(id, "(while :; do head -c 65536 /dev/urandom > /tmp/bg; done) > /dev/null 2>&1 & "
+                   "echo $! > /tmp/bgpid"));
+    struct load_job j = {.id = id};
+    pthread_t t;
+    pthread_create(&t, NULL, load_thread, &j);
+    struct timespec ts = {1, 0};
+    nanosleep(&ts, NULL);
+    pause_ok(id);
+    pthread_join(t, NULL);
+    resume_ok(id);
+    char *o = sh_ok(id, "kill -0 $(cat /tmp/bgpid) && echo alive && ls /tmp/bg");
+    assert_string_equal(o, "alive\n/tmp/bg");
+    free(o);
+    pause_ok(id);
+    resume_ok(id);
+    free(sh_ok(id, "true"));
+    free(id);
+}
+
+/* ---- corrupt snapshots ------------------------------------------------------------------------- */
+
+static void flip_byte(const char *path, off_t off)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    assert_true(fd >= 0);
+    unsigned char b = 0;
+    assert_int_equal(pread(fd, &b, 1, off), 1);
+    b ^= 0x5a;
+    assert_int_equal(pwrite(fd, &b, 1, off), 1);
+    close(fd);
+}
+
+static void test_corrupt_refused(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    char *id = create("minimal", "\"memoryMb\":256");
+    free(sh_ok(id, "echo x > /root/f && sync"));
+    pause_ok(id);
+    char hdr[600], layer[900];
+    snprintf(hdr, sizeof hdr, "%s/sandboxes/%s/snap/mem.hdr", ag.root, id);
+    /* A flipped header byte: refused, clearly, and the sandbox stays paused. */
+    flip_byte(hdr, 20);
+    json_t *r = NULL;
+    long st = callf("ResumeSandbox", &r, "{\"sandboxId\":\"%s\"}", id);
+    assert_int_equal(st, 400);
+    assert_string_equal(code_of(r), "failed_precondition");
+    fprintf(stderr, "# corrupt header: %s\n", json_string_value(json_object_get(r, "message")));
+    json_decref(r);
+    status_is(id, "paused");
+    flip_byte(hdr, 20);
+    /* A truncated layer: refused too. */
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/sandboxes/%s/snap", ag.root, id);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    layer[0] = '\0';
+    while ((de = readdir(d)))
+        if (strstr(de->d_name, ".layer"))
+            snprintf(layer, sizeof layer, "%s/%s", dir, de->d_name);
+    closedir(d);
+    assert_true(layer[0]);
+    struct stat sb;
+    assert_int_equal(stat(layer, &sb), 0);
+    chmod(layer, 0644);
+    assert_int_equal(truncate(layer, sb.st_size - 4096), 0);
+    st = callf("ResumeSandbox", &r, "{\"sandboxId\":\"%s\"}", id);
+    assert_int_equal(st, 400);
+    assert_string_equal(code_of(r), "failed_precondition");
+    fprintf(stderr, "# truncated layer: %s\n", json_string_value(json_object_get(r, "message")));
+    json_decref(r);
+    status_is(id, "paused");
+    free(id);
+}
+
+/* ---- bad requests ------------------------------------------------------------------------------ */
+
+static void test_bad_requests(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    json_t *r = NULL;
+    assert_int_equal(callf("PauseSandbox", &r, "{\"sandboxId\":\"nope\"}"), 404);
+    json_decref(r);
+    assert_int_equal(callf("ResumeSandbox", &r, "{\"sandboxId\":\"nope\"}"), 404);
+    json_decref(r);
+    assert_int_equal(callf("PauseSandbox", &r, "{}"), 400);
+    json_decref(r);
+    assert_int_equal(callf("ForkSandbox", &r, "{\"sandboxId\":\"nope\"}"), 404);
+    json_decref(r);
+    assert_int_equal(callf("DeleteSnapshot", &r, "{\"name\":\"../etc\"}"), 400);
+    json_decref(r);
+    assert_int_equal(callf("DeleteSnapshot", &r, "{\"name\":\"none\"}"), 404);
+    json_decref(r);
+    assert_int_equal(callf("CreateSandbox", &r, "{\"template\":\"x\",\"teamId\":\"../a\"}"), 400);
+    json_decref(r);
+
+    char *id = create("minimal", "\"memoryMb\":256");
+    assert_int_equal(callf("ResumeSandbox", &r, "{\"sandboxId\":\"%s\"}", id), 400);
+    assert_string_equal(code_of(r), "failed_precondition");
+    json_decref(r);
+    assert_int_equal(callf("ForkSandbox", &r, "{\"sandboxId\":\"%s\",\"count\":0}", id), 400);
+    json_decref(r);
+    assert_int_equal(callf("ForkSandbox", &r, "{\"sandboxId\":\"%s\",\"count\":100}", id), 400);
+    json_decref(r);
+    assert_int_equal(callf("CreateSnapshot", &r, "{\"sandboxId\":\"%s\",\"name\":\"a/b\"}", id),
+                     400);
+    json_decref(r);
+    assert_int_equal(callf("CreateSnapshot", &r, "{\"sandboxId\":\"%s\"}", id), 400);
+    json_decref(r);
+    pause_ok(id);
+    assert_int_equal(callf("PauseSandbox", &r, "{\"sandboxId\":\"%s\"}", id), 400);
+    assert_string_equal(code_of(r), "failed_precondition");
+    json_decref(r);
+    assert_int_equal(callf("Exec", &r, "{\"sandboxId\":\"%s\",\"cmd\":\"true\"}", id), 400);
+    assert_string_equal(code_of(r), "failed_precondition");
+    json_decref(r);
+    assert_int_equal(callf("ForkSandbox", &r, "{\"sandboxId\":\"%s\"}", id), 400);
+    json_decref(r);
+    /* Destroying a paused sandbox removes its snapshot. */
+    assert_int_equal(callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", id), 200);
+    assert_int_equal(callf("ResumeSandbox", &r, "{\"sandboxId\":\"%s\"}", id), 404);
+    json_decref(r);
+    free(id);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_bad_requests, after),
+        cmocka_unit_test_teardown(test_corrupt_refused, after),
+        cmocka_unit_test_teardown(test_fork, after),
+        cmocka_unit_test_teardown(test_resume_after_restart, after),
+        cmocka_unit_test_teardown(test_pause_under_load, after),
+        cmocka_unit_test_teardown(test_template_ten_clones, after),
+        cmocka_unit_test_teardown(test_fifty_cycles, after),
+    };
+    cmocka_set_message_output(CM_OUTPUT_TAP);
+    if (getenv("WRENN_TEST_FILTER")) /* e.g. "test_fork" while working on one */
+        cmocka_set_test_filter(getenv("WRENN_TEST_FILTER"));
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
