@@ -8,7 +8,7 @@ pkgs=(
   gcc make meson ninja-build pkg-config clang clang-format libclang-rt-14-dev
   # libraries (see docs/dependencies.md)
   libmicrohttpd-dev libjansson-dev libsodium-dev zlib1g-dev libcurl4-openssl-dev
-  libsqlite3-dev libpq-dev libnl-3-dev libnl-route-3-dev libseccomp-dev
+  libsqlite3-dev libpq-dev libnl-3-dev libnl-route-3-dev libseccomp-dev libfuse3-dev
   # host agent runtime and guest image building
   qemu-system-x86 qemu-utils busybox-static debootstrap nftables e2fsprogs cpio iproute2 lz4
   # tests

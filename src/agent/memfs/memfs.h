@@ -28,7 +28,11 @@ typedef struct memfs_opts {
     const char *mount;  /* existing empty directory; the file appears as <mount>/mem */
     uid_t uid;          /* owner of <mount>/mem (the VM's uid) */
     gid_t gid;
-    int ready_fd; /* written one byte and closed once mounted and serving; -1: none */
+    int ready_fd;    /* written one byte ('R') and closed once mounted and serving; -1: none.
+                      * When the server cannot start it gets 'E', the errno and the message instead
+                      * (memfs_spawn turns that into its error). memfs_main only. */
+    const char *log; /* memfs_spawn: file the server's stderr (its log) is appended to, created
+                      * 0600 when missing; NULL: the caller's stderr is inherited */
 } memfs_opts_t;
 
 /** `wrenn-agent memfs --map F --layers D --upper F --bitmap F --mount D --uid N --gid N
@@ -37,14 +41,25 @@ typedef struct memfs_opts {
 int memfs_main(int argc, char **argv);
 
 /** Start a memfs process for opts (the executable is /proc/self/exe) and wait until it serves
- * (up to timeout_ms). The process is put in its own session so it survives the agent. *pid gets
- * its pid. On failure nothing is left mounted or running. */
+ * (up to timeout_ms). The process is put in its own session, with no fd of ours but its log, so
+ * it survives the agent. *pid gets its pid (our child: memfs_stop reaps it). opts->ready_fd is
+ * ignored. On failure nothing is left mounted or running, and e says why: the server's own
+ * reason when it refused to start (e.g. -EBADMSG for a corrupt map or layer, -ENOENT for a
+ * missing one), -EBUSY when opts->mount is already a FUSE mount (a stale one: memfs_stop it
+ * first), -ETIMEDOUT when it did not serve in time. Thread-safe. */
 int memfs_spawn(const memfs_opts_t *opts, int timeout_ms, pid_t *pid, err_t *e);
 
 /** Flush <mount>/mem (fsync: the kernel writes back every dirty page to the server), unmount
  * it and wait up to timeout_ms for the process pid (which need not be our child) to exit after
  * syncing upper and bitmap. Call only when no process maps the file any more. When the process
- * is already gone, only the unmount is done. */
+ * is already gone (or pid is not a memfs serving this mount, e.g. a reused pid), only the
+ * unmount is done; a dead FUSE mount left by a crashed server is unmounted too. mount must be
+ * spelled as it was given to memfs_spawn.
+ * Errors: the flush's error (-EIO, -ENOSPC: the data did not all reach upper; the unmount is
+ * still done); -EBUSY when something still holds the file: the mount is then detached (lazy
+ * unmount) and the server keeps serving that holder until it lets go; -ETIMEDOUT when the flush
+ * or the exit did not finish in time. On -EBUSY/-ETIMEDOUT the server may still be running:
+ * SIGKILL ends it and fails whatever still waits on the file. Thread-safe. */
 int memfs_stop(const char *mount, pid_t pid, int timeout_ms, err_t *e);
 
 #endif
