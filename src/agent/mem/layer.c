@@ -563,7 +563,9 @@ int mem_commit_diff(const mem_map_t *parent, const char *upper, const uint8_t *d
     *out = steal_ptr(&m);
 out:
     if (rc < 0 && renamed) {
-        if (ftruncate(fd, (off_t)parent->size) < 0 || rename(path, upper) < 0)
+        /* Give upper back (content, mode, name) so the pause can be retried. */
+        if (ftruncate(fd, (off_t)parent->size) < 0 || fchmod(fd, st.st_mode & 07777) < 0 ||
+            rename(path, upper) < 0)
             log_error("mem.commit_diff", "op=rollback path=%s err=\"%s\"", path, strerror(errno));
     }
     for (size_t i = 0; i < MEM_MAX_LAYERS + 1; i++)

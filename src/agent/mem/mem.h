@@ -110,7 +110,10 @@ uint64_t mem_map_blocks_in(const mem_map_t *m, uint32_t li);
  * sparse) into the first layer of a new generation-0 map. The file is fsync'd and renamed into
  * dir (same file system) as a new layer, its trailer appended, made 0444 and root-owned. Holes
  * become MEM_ZERO; data extents (SEEK_DATA/SEEK_HOLE) become the layer's blocks (they are not
- * read, so this costs the fsync and no more). The caller saves the map (mem_map_save). */
+ * read, so this costs the fsync and no more). A file of holes only gives a map with no layers (the
+ * file is removed). -EINVAL when the file is not a regular file of exactly size bytes, -EXDEV when
+ * it is on another file system than dir (nothing is changed then); on a failure after the rename
+ * the file is put back where it was. The caller saves the map (mem_map_save). */
 int mem_commit_full(const char *ram_file, uint64_t size, const char *dir, mem_map_t **out,
                     err_t *e);
 
@@ -119,8 +122,13 @@ int mem_commit_full(const char *ram_file, uint64_t size, const char *dir, mem_ma
  * those blocks (bit b = byte b/8, bit b%8). Each dirty block is read: all-zero → MEM_ZERO (and
  * its hole punched), else it stays in the new layer. upper is fsync'd, renamed into dir as that
  * layer, sealed. Every layer of parent must already be in dir (mem_link_layers). When the result
- * would need more than max_layers layers (0: MEM_DEFAULT_LAYERS), all are merged into one new
- * full layer (mem_flatten) and the layers no longer referenced are NOT deleted here (mem_gc). */
+ * would need more than max_layers layers (0: MEM_DEFAULT_LAYERS; more than MEM_MAX_LAYERS counts as
+ * MEM_MAX_LAYERS), all are merged into one new full layer (as mem_flatten, the new blocks read
+ * straight from upper, which is then removed) and *out is a generation-0 map of it; the layers no
+ * longer referenced are NOT deleted here (mem_gc). Otherwise *out has generation + 1 and a new
+ * id. No dirty block at all: *out is parent's content under a new id, generation + 1, no layer
+ * file is made and upper is removed; the same when every dirty block is zero, except that the
+ * map records the zeros. -EINVAL for an invalid parent or an upper larger than parent->size. */
 int mem_commit_diff(const mem_map_t *parent, const char *upper, const uint8_t *dirty,
                     const char *dir, unsigned max_layers, mem_map_t **out, err_t *e);
 
@@ -132,8 +140,9 @@ int mem_flatten(const mem_map_t *m, const char *dir, mem_map_t **out, err_t *e);
  * same file or left as they are); falls back to a copy across file systems. */
 int mem_link_layers(const mem_map_t *m, const char *from, const char *to, err_t *e);
 
-/** Delete every *.layer file in dir that none of the n maps references. Returns the number
- * removed. */
+/** Delete every *.layer file in dir that none of the n maps references (NULL entries are
+ * skipped). Only regular files named exactly <32 lowercase hex>.layer are touched. Returns the
+ * number removed. */
 int mem_gc(const char *dir, const mem_map_t *const *keep, size_t n, err_t *e);
 
 /** Bytes of disk the layer files of m in dir occupy (allocated blocks, sparse-aware), each file
@@ -148,7 +157,8 @@ typedef struct mem_reader mem_reader_t;
  * copy of m. */
 int mem_reader_open(const mem_map_t *m, const char *dir, mem_reader_t **out, err_t *e);
 /** Read len bytes at guest offset off (any alignment, within size): layers through pread,
- * zero extents as zeroes. Thread-safe. Returns 0 or -errno. */
+ * zero extents as zeroes. Thread-safe. Returns 0, -EINVAL when [off, off+len) is not within size,
+ * -EIO when a layer file shrank under the reader, or another -errno of pread. */
 int mem_read(mem_reader_t *r, uint64_t off, void *buf, size_t len);
 /** The map the reader serves. */
 const mem_map_t *mem_reader_map(const mem_reader_t *r);
