@@ -20,7 +20,8 @@
  *   touched). --remap: mremap the first region to a new address before touching.
  * --pause: sleep after the work until killed (for kill tests). --timeout: SIGALRM after S
  *   seconds (default 120) so a server that never answers cannot hang a test for ever.
- * Prints one line "fc_mem ok pages=N touch_ns=T" and exits 0; any mismatch or failure prints
+ * Prints one line "fc_mem ok pages=N touch_ns=T cpu_us=C" (C: its CPU time up to the end of the
+ * touch pass) and exits 0; any mismatch or failure prints
  * "fc_mem FAIL ..." on stderr and exits 1.
  */
 #include <errno.h>
@@ -36,6 +37,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -351,6 +353,10 @@ int main(int argc, char **argv)
     for (unsigned t = 0; t < g_threads; t++)
         pthread_join(th[t], NULL);
     uint64_t touch_ns = now_ns() - t0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    uint64_t cpu_us = (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000u +
+                      (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 
     uint64_t pages = verify(rm1, rm1len, rm2, rm2len);
     if (rm_after) {
@@ -371,8 +377,8 @@ int main(int argc, char **argv)
                 fail("write lost at guest offset %llu", (unsigned long long)off);
         }
     }
-    printf("fc_mem ok pages=%llu touch_ns=%llu\n", (unsigned long long)pages,
-           (unsigned long long)touch_ns);
+    printf("fc_mem ok pages=%llu touch_ns=%llu cpu_us=%llu\n", (unsigned long long)pages,
+           (unsigned long long)touch_ns, (unsigned long long)cpu_us);
     fflush(stdout);
     while (pause_end)
         pause();
