@@ -432,6 +432,8 @@ static int child_rw(void *p)
     uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED)
         return 3;
+    /* As QEMU does with guest RAM: dirty tracking must stay per 4 KiB page even so. */
+    madvise(m, size, MADV_HUGEPAGE);
     for (uint64_t b = 0; b < size / BS; b++)
         if (memcmp(m + b * BS, want + b * BS, BS) != 0) {
             fprintf(stderr, "# child: block %" PRIu64 " differs from the map\n", b);
@@ -1010,9 +1012,16 @@ int main(int argc, char **argv)
     /* memfs_spawn runs /proc/self/exe memfs ...: hand that over to the real agent binary. */
     if (argc > 1 && strcmp(argv[1], "memfs") == 0) {
         const char *agent = getenv("WRENN_TEST_AGENT_BIN");
-        if (agent)
+        /* The shared build tree may be relinking it right now: wait for it a little. */
+        for (int i = 0; agent && i < 100; i++) {
             execv(agent, argv);
-        fprintf(stderr, "test_memfs: cannot exec the agent (WRENN_TEST_AGENT_BIN)\n");
+            if (errno != ENOENT && errno != ETXTBSY)
+                break;
+            struct timespec ts = {0, 50 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+        fprintf(stderr, "test_memfs: cannot exec the agent %s (WRENN_TEST_AGENT_BIN): %s\n",
+                agent ? agent : "(unset)", strerror(errno));
         return 127;
     }
     cmocka_set_message_output(CM_OUTPUT_TAP);
