@@ -47,6 +47,10 @@
 #define DEF_CONNECT_MS    30000
 #define DEF_HANDSHAKE_MS  5000
 
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77 /* Linux 6.5; not yet in every libc's headers */
+#endif
+
 _Static_assert(UFFD_PAGE_SIZE == 1u << PAGE_SHIFT, "page shift");
 _Static_assert(MEM_BLOCK_SIZE == UFFD_PAGE_SIZE, "a memory block is a page");
 
@@ -429,9 +433,16 @@ static int accept_peer(uffd_server_t *s, err_t *e)
     if (s->want_pid > 0 && cr.pid != s->want_pid)
         return err_set(e, -EPERM, "connection from pid %d, expected pid %d", (int)cr.pid,
                        (int)s->want_pid);
-    s->pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
+    /* SO_PEERPIDFD names the very process that connected (no pid reuse window); pidfd_open of
+     * the pid is the fallback for kernels before 6.5. */
+    int pfd = -1;
+    socklen_t pl = sizeof pfd;
+    if (getsockopt(s->cfd, SOL_SOCKET, SO_PEERPIDFD, &pfd, &pl) == 0 && pfd >= 0)
+        s->pidfd = pfd;
+    else
+        s->pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
     if (s->pidfd < 0)
-        return err_errno(e, "pidfd_open of the peer");
+        return err_errno(e, "pidfd of the peer");
     atomic_store(&s->peer, cr.pid);
     return 0;
 }
@@ -759,6 +770,12 @@ static int serve_window(uffd_server_t *s, region_t *r, uint64_t pg, err_t *e)
     if (rc == 0) {
         failed = &s->pieces[fi];
         rc = serve_piece(s, r, failed, true, &read_err);
+        if (rc == -ENOENT && !read_err && failed->n > 1) {
+            /* A region made of several mappings (split by mprotect or madvise): a run that
+             * crosses from one into the next is refused as a whole. The page alone. */
+            s->pieces[fi] = (piece_t){.pg = pg, .n = 1, .zero = failed->zero};
+            rc = serve_piece(s, r, failed, true, &read_err);
+        }
     }
     uint64_t after = atomic_load_explicit(&s->st.pages_copied, memory_order_relaxed) +
                      atomic_load_explicit(&s->st.zero_pages, memory_order_relaxed);
@@ -782,13 +799,16 @@ static void defer(uffd_server_t *s, uint64_t addr, int64_t since)
     BUMP(s, retries, 1);
 }
 
+/* Wake a fault that cannot be placed because its address is not (or no longer) mapped as a
+ * region: the thread retries and gets what touching unmapped memory gets. The same page coming
+ * back STRAY_LIMIT times in a row means it is mapped after all and we cannot serve it. */
 static int stray(uffd_server_t *s, uint64_t addr, err_t *e)
 {
     BUMP(s, strays, 1);
     if (addr == s->stray_addr) {
         if (++s->stray_n >= STRAY_LIMIT)
             return err_set(e, -EFAULT,
-                           "fault at 0x%" PRIx64 " outside every region keeps coming back", addr);
+                           "fault at 0x%" PRIx64 " cannot be placed and keeps coming back", addr);
     } else {
         s->stray_addr = addr;
         s->stray_n = 1;
@@ -836,11 +856,7 @@ static int fault(uffd_server_t *s, uint64_t addr, int64_t since, err_t *e)
         if (peer_gone(s))
             return UFFD_END_VM_GONE;
         /* Unmapped under the fault: let the thread see that for itself. */
-        BUMP(s, strays, 1);
-        rc = wake_page(s, addr);
-        if (rc == 0)
-            return 0;
-        break;
+        return stray(s, addr, e);
     default:
         break;
     }

@@ -12,12 +12,13 @@
  *
  *   fc_mem --sock PATH --size BYTES [--expect FILE] [--split BYTES] [--order seq|rand|none]
  *          [--threads N] [--remove-first OFF:LEN] [--remove OFF:LEN] [--unmap] [--remap]
- *          [--write] [--pause] [--cpu N] [--timeout S] [--seed N]
+ *          [--write] [--split-vma] [--pause] [--cpu N] [--timeout S] [--seed N]
  *
  * --remove*: madvise(MADV_DONTNEED) on a range of guest offsets before / after the touch pass;
  *   the range must then read as zeroes (the server's documented semantics) and keep what is
  *   written to it. --unmap: munmap the second region before touching (only the first is
- *   touched). --remap: mremap the first region to a new address before touching.
+ *   touched). --remap: mremap the first region to a new address before touching. --split-vma:
+ *   cut the first region into many mappings (madvise MADV_DONTDUMP on parts of it).
  * --pause: sleep after the work until killed (for kill tests). --timeout: SIGALRM after S
  *   seconds (default 120) so a server that never answers cannot hang a test for ever.
  * Prints one line "fc_mem ok pages=N touch_ns=T cpu_us=C" (C: its CPU time up to the end of the
@@ -177,7 +178,7 @@ int main(int argc, char **argv)
     const char *sock = NULL, *expect = NULL, *order = "seq";
     const char *rm_first = NULL, *rm_after = NULL;
     uint64_t split = 0, seed = 1;
-    bool unmap = false, remap = false, write_back = false, pause_end = false;
+    bool unmap = false, remap = false, write_back = false, pause_end = false, split_vma = false;
     int cpu = -1, timeout = 120;
 
     for (int i = 1; i < argc; i++) {
@@ -190,6 +191,8 @@ int main(int argc, char **argv)
             write_back = true;
         else if (!strcmp(a, "--pause"))
             pause_end = true;
+        else if (!strcmp(a, "--split-vma"))
+            split_vma = true;
         else if (!v)
             fail("option %s needs a value", a);
         else {
@@ -313,6 +316,13 @@ int main(int argc, char **argv)
         if (p == MAP_FAILED)
             die("mremap");
         g_reg[0].host = p;
+    }
+    if (split_vma) {
+        /* Firecracker maps each region once, but madvise or mprotect of a part splits it into
+         * several mappings; runs that cross a boundary must still be served. */
+        for (uint64_t pg = 5; pg + 13 < g_reg[0].size / PS; pg += 40)
+            if (madvise(g_reg[0].host + pg * PS, 13 * PS, MADV_DONTDUMP) < 0)
+                die("madvise DONTDUMP");
     }
     if (unmap) {
         if (munmap(g_reg[1].host, g_reg[1].size) < 0)

@@ -459,6 +459,20 @@ static void test_remap(void **state)
     uffd_server_free(s);
 }
 
+/* A region split into several mappings: windows that cross a boundary still get served. */
+static void test_split_vma(void **state)
+{
+    (void)state;
+    uffd_stats_t st;
+    uffd_server_t *s = run_fc(0, &st, "--split-vma", "--order", "seq", "--write", NULL);
+    assert_int_equal(st.pages_copied + st.zero_pages, NB);
+    assert_int_equal(st.strays, 0);
+    uffd_server_free(s);
+    s = run_fc(0, &st, "--split-vma", "--order", "rand", NULL);
+    assert_int_equal(st.pages_copied + st.zero_pages, NB);
+    uffd_server_free(s);
+}
+
 static void test_vm_killed(void **state)
 {
     (void)state;
@@ -789,6 +803,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_remove),
         cmocka_unit_test(test_unmap),
         cmocka_unit_test(test_remap),
+        cmocka_unit_test(test_split_vma),
         cmocka_unit_test(test_vm_killed),
         cmocka_unit_test(test_stop),
         cmocka_unit_test(test_read_error_kills_vm),
