@@ -36,8 +36,10 @@ typedef struct memfs_opts {
 } memfs_opts_t;
 
 /** `wrenn-agent memfs --map F --layers D --upper F --bitmap F --mount D --uid N --gid N
- * [--ready-fd N]`: serve until unmounted, then fsync upper and bitmap and exit 0; exit 1 with a
- * message on stderr when it cannot start. argv[0] is "memfs". */
+ * [--ready-fd N] [--threads N] [--log-level L]` (or WRENN_MEMFS_<FLAG> in the environment):
+ * serve until unmounted, then fsync upper and bitmap and exit 0; exit 1 with a message on
+ * stderr (and on the ready fd) when it cannot start. SIGTERM, SIGINT, SIGHUP and SIGPIPE are
+ * ignored: only an unmount (or SIGKILL) ends it. argv[0] is "memfs". See docs/memfs.md. */
 int memfs_main(int argc, char **argv);
 
 /** Start a memfs process for opts (the executable is /proc/self/exe) and wait until it serves
