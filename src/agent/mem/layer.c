@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -21,6 +22,36 @@
 /* Dirty blocks closer than this are read with one pread together with the clean blocks between
  * them: a few wasted KiB cost less than another system call. */
 #define DIRTY_GAP_BLOCKS 16u
+
+/* Whether commits fsync layer data themselves (mem_set_data_sync). */
+static atomic_bool g_data_sync = true;
+
+void mem_set_data_sync(bool on)
+{
+    atomic_store(&g_data_sync, on);
+}
+
+static int data_sync(int fd)
+{
+    return atomic_load(&g_data_sync) ? fsync(fd) : 0;
+}
+
+int mem_sync_layers(const mem_map_t *m, const char *dir, err_t *e)
+{
+    for (uint32_t i = 0; i < m->nlayers; i++) {
+        char path[PATH_MAX];
+        if (mem_layer_path(dir, &m->layers[i], path, sizeof path) < 0)
+            return err_set(e, -ENAMETOOLONG, "layer directory path too long: %s", dir);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            return err_errno(e, path);
+        int rc = fsync(fd) < 0 ? err_errno(e, path) : 0;
+        close(fd);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
 
 static uint64_t now_ms(void)
 {
@@ -150,7 +181,7 @@ int mem_commit_full(const char *ram_file, uint64_t size, const char *dir, mem_ma
     }
     /* QEMU's pages are in the page cache of this file; they must be on disk before a map can
      * name the file. */
-    if (fsync(fd) < 0) {
+    if (data_sync(fd) < 0) {
         rc = err_errno(e, ram_file);
         goto out;
     }
@@ -168,7 +199,7 @@ int mem_commit_full(const char *ram_file, uint64_t size, const char *dir, mem_ma
     rc = scan_data(fd, path, size, &x, &ndata, e);
     if (rc < 0)
         goto out;
-    if (fsync(fd) < 0) {
+    if (data_sync(fd) < 0) {
         rc = err_errno(e, path);
         goto out;
     }
@@ -276,7 +307,7 @@ static int merge_write(const mem_extent_t *ext, size_t n, const int *fds, uint64
         rc = mem__layer_seal(fd, path, size, &lid, e);
         if (rc < 0)
             goto out;
-        if (fsync(fd) < 0) {
+        if (data_sync(fd) < 0) {
             rc = err_errno(e, path);
             goto out;
         }
@@ -537,7 +568,7 @@ int mem_commit_diff(const mem_map_t *parent, const char *upper, const uint8_t *d
             rc = mem__layer_seal(fd, path, parent->size, &ids[newl], e);
             if (rc < 0)
                 goto out;
-            if (fsync(fd) < 0) {
+            if (data_sync(fd) < 0) {
                 rc = err_errno(e, path);
                 goto out;
             }

@@ -132,6 +132,16 @@ int mem_commit_full(const char *ram_file, uint64_t size, const char *dir, mem_ma
 int mem_commit_diff(const mem_map_t *parent, const char *upper, const uint8_t *dirty,
                     const char *dir, unsigned max_layers, mem_map_t **out, err_t *e);
 
+/** Whether mem_commit_full/mem_commit_diff/mem_flatten fsync the layer data they write before
+ * returning (default: yes). Off, they still rename and fsync directories, so the files are
+ * complete for every reader at once, but the data reaches the disk when the kernel writes it
+ * back or mem_sync_layers() runs: a caller that turns this off must sync afterwards and must
+ * treat a snapshot whose sync did not finish before a host crash as lost. Process-wide. */
+void mem_set_data_sync(bool on);
+
+/** fsync every layer file of m in dir. */
+int mem_sync_layers(const mem_map_t *m, const char *dir, err_t *e);
+
 /** Write the content m describes (layers in dir) into one new full layer in dir; *out is a
  * generation-0 map of that layer alone. */
 int mem_flatten(const mem_map_t *m, const char *dir, mem_map_t **out, err_t *e);

@@ -89,6 +89,8 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
     int rc = sbx__record_load(dir, s, &st, &e);
     if (rc == 0 && strcmp(s->id, name) != 0)
         rc = err_set(&e, -EINVAL, "record id does not match its directory");
+    if (rc == 0 && s->state == SBX_PAUSED)
+        rc = sbx__snapshot_check(dir, &e);
     if (rc == 0 && s->state == SBX_PAUSED) {
         /* Nothing runs: it is its files (checked again when it is resumed). */
         sbx__insert(m, s);

@@ -2,6 +2,7 @@
 #include "sandbox_int.h"
 #include "disk_glue.h"
 #include "log.h"
+#include "mem/mem.h"
 #include "xalloc.h"
 
 #include <ctype.h>
@@ -633,6 +634,9 @@ int sbx_mgr_new(const sbx_mgr_cfg_t *cfg, sbx_mgr_t **out, err_t *e)
         rc = err_errno(e, "create templates directory");
         goto fail;
     }
+    /* Pauses return once a snapshot is complete in the page cache and sync it in the
+     * background (snapshot.c). */
+    mem_set_data_sync(false);
     if ((rc = net_host_init(e)) < 0) {
         err_wrap(e, "network init");
         goto fail;

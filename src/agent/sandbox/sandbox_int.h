@@ -101,6 +101,10 @@ void sbx__template_dir(const sbx_mgr_t *m, const char *team, const char *name, c
 /** Create a sandbox from the snapshot template in tdir (restore, not boot). */
 int sbx__create_from_template(sbx_mgr_t *m, const sbx_create_req_t *req, const char *tdir,
                               sbx_info_t *out, err_t *e);
+/** A paused sandbox's snapshot in dir is trustworthy: -EUCLEAN when its data was still being
+ * written to disk when the host went down; a sync interrupted by an agent restart alone is
+ * finished here. */
+int sbx__snapshot_check(const char *dir, err_t *e);
 /** Stop the memfs server of s (after its VM is gone) and remove its mount point, upper file and
  * bitmap. */
 void sbx__memfs_down(sbx_t *s);

@@ -30,6 +30,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,6 +150,121 @@ out:
         *map_out = map;
     else
         mem_map_free(map);
+    return rc;
+}
+
+/* ---- deferred durability -------------------------------------------------------------------- */
+
+/* A pause returns once its snapshot is complete in the page cache (every reader sees it); the
+ * layer data reaches the disk on a thread of its own. Until it has, snap/<map id>.unsynced holds
+ * this boot's id: after a host crash such a snapshot cannot be trusted (sbx__snapshot_check). */
+
+static void boot_id(char *out, size_t n)
+{
+    out[0] = '\0';
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t k = read(fd, out, n - 1);
+    close(fd);
+    out[k > 0 ? k : 0] = '\0';
+    char *nl = strchr(out, '\n');
+    if (nl)
+        *nl = '\0';
+}
+
+typedef struct sync_job {
+    char snap[PATH_MAX];
+    char marker[PATH_MAX];
+    mem_map_t *map;
+} sync_job_t;
+
+static void *sync_main(void *ud)
+{
+    sync_job_t *j = ud;
+    int64_t t0 = sbx__mono_ms();
+    err_t e = {0};
+    /* A layer removed meanwhile (the sandbox destroyed, layers merged) needs no sync. */
+    if (mem_sync_layers(j->map, j->snap, &e) < 0 && e.code != -ENOENT)
+        log_warn("sandbox.sync_failed", "snap=%s err=\"%s\"", j->snap, e.msg);
+    else if (unlink(j->marker) == 0)
+        log_debug("sandbox.synced", "snap=%s dur_ms=%lld", j->snap,
+                  (long long)(sbx__mono_ms() - t0));
+    mem_map_free(j->map);
+    free(j);
+    return NULL;
+}
+
+static void sync_later(const char *snap, const mem_map_t *map)
+{
+    sync_job_t *j = xcalloc(1, sizeof *j);
+    char hex[33], bid[64], name[64];
+    mem_id_hex(&map->id, hex);
+    snprintf(name, sizeof name, "%s.unsynced", hex);
+    snprintf(j->snap, sizeof j->snap, "%s", snap);
+    path_in(j->marker, sizeof j->marker, snap, name);
+    boot_id(bid, sizeof bid);
+    err_t e = {0};
+    if (fsutil_write_atomic(j->marker, bid, strlen(bid), 0600, true, &e) < 0) {
+        /* Without a marker the sync must happen now. */
+        mem_sync_layers(map, snap, &e);
+        free(j);
+        return;
+    }
+    j->map = mem_map_dup(map);
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    if (pthread_create(&t, &a, sync_main, j) != 0)
+        sync_main(j);
+    pthread_attr_destroy(&a);
+}
+
+int sbx__snapshot_check(const char *dir, err_t *e)
+{
+    char snap[PATH_MAX], p[PATH_MAX + 300], bid[64];
+    path_in(snap, sizeof snap, dir, "snap");
+    boot_id(bid, sizeof bid);
+    DIR *d = opendir(snap);
+    if (!d)
+        return 0;
+    int rc = 0;
+    bool pending = false;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t l = strlen(de->d_name);
+        if (l < 10 || strcmp(de->d_name + l - 9, ".unsynced") != 0)
+            continue;
+        snprintf(p, sizeof p, "%s/%s", snap, de->d_name);
+        char got[64] = "";
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t k = read(fd, got, sizeof got - 1);
+            got[k > 0 ? k : 0] = '\0';
+            close(fd);
+        }
+        if (strcmp(got, bid) != 0)
+            rc = err_set(e, -EUCLEAN, "its snapshot was not on disk yet when the host went down");
+        pending = true;
+    }
+    closedir(d);
+    if (rc == 0 && pending) {
+        /* Same boot: the data is in the page cache; finish the sync now. */
+        mem_map_t *map = NULL;
+        path_in(p, sizeof p, snap, "mem.hdr");
+        if ((rc = mem_map_load(p, &map, e)) == 0 && (rc = mem_sync_layers(map, snap, e)) == 0) {
+            d = opendir(snap);
+            while (d && (de = readdir(d))) {
+                size_t l = strlen(de->d_name);
+                if (l >= 10 && strcmp(de->d_name + l - 9, ".unsynced") == 0)
+                    unlinkat(dirfd(d), de->d_name, 0);
+            }
+            if (d)
+                closedir(d);
+        }
+        mem_map_free(map);
+    }
     return rc;
 }
 
@@ -281,7 +397,8 @@ static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, err_t *e)
     path_in(p, sizeof p, snap, "mem.hdr");
     if ((rc = mem_map_save(map, p, e)) < 0)
         goto out;
-    /* Committed. What the new map no longer needs goes. */
+    /* Committed. What the new map no longer needs goes; the data goes to disk meanwhile. */
+    sync_later(snap, map);
     remove_other_states(snap, sname);
     const mem_map_t *keep[1] = {map};
     err_t ge = {0};
@@ -304,6 +421,44 @@ out:
     return rc;
 }
 
+/* Give s a network slot (and the slot's uid, which its files are chowned to); the network
+ * itself is made by restore(), alongside its other work. */
+static int net_slot(sbx_mgr_t *m, sbx_t *s, err_t *e)
+{
+    int slot = sbx__alloc_slot(m);
+    if (slot < 0)
+        return err_set(e, -ENOSPC, "no free network slot");
+    s->slot = slot;
+    s->uid = (uid_t)(SBX_UID_BASE + slot);
+    s->gid = (gid_t)(SBX_UID_BASE + slot);
+    net_slot_names(slot, &s->net);
+    char p[PATH_MAX];
+    int rc = 0;
+    if (chown(s->dir, s->uid, s->gid) < 0)
+        rc = err_errno(e, "chown sandbox directory");
+    path_in(p, sizeof p, s->dir, "overlay.qcow2");
+    if (rc == 0 && chown(p, s->uid, s->gid) < 0)
+        rc = err_errno(e, "chown disk");
+    if (rc < 0)
+        sbx__release_slot(m, s);
+    return rc;
+}
+
+typedef struct net_job {
+    sbx_t *s;
+    int rc;
+    err_t e;
+} net_job_t;
+
+static void *net_job_main(void *ud)
+{
+    net_job_t *j = ud;
+    j->rc = net_create(j->s->slot, &j->s->net, &j->e);
+    if (j->rc < 0)
+        err_wrap(&j->e, "network");
+    return NULL;
+}
+
 /* Start s's VM from the snapshot in <dir>/snap, in its (already created) network, and init its
  * guest: old_token is what the guest holds (NULL: s->token). On failure nothing of the VM or
  * memfs is left; snap/ is untouched. */
@@ -316,6 +471,16 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
     mem_map_t *map = NULL;
     mem_reader_t *rd = NULL;
     int rc, fd = -1;
+    /* The network (tens of ms of netlink and nft) is made while memfs starts. */
+    net_job_t nj = {.s = s};
+    pthread_t nt;
+    bool net_thread = false;
+    if (!s->net_up) {
+        if (pthread_create(&nt, NULL, net_job_main, &nj) == 0)
+            net_thread = true;
+        else
+            net_job_main(&nj);
+    }
     path_in(snap, sizeof snap, s->dir, "snap");
     path_in(hdr, sizeof hdr, snap, "mem.hdr");
     /* Refuse a corrupt or truncated snapshot before anything maps it. */
@@ -366,6 +531,19 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
     s->restored = true;
     int64_t t_memfs = sbx__mono_ms();
 
+    if (net_thread) {
+        pthread_join(nt, NULL);
+        net_thread = false;
+    }
+    if (!s->net_up) {
+        if (nj.rc < 0) {
+            rc = nj.rc;
+            if (e)
+                *e = nj.e;
+            goto out;
+        }
+        s->net_up = true;
+    }
     vmm_spec_t spec;
     char kernel[512], initrd[512], rootfs[512], cmdline[512], cgroup[512];
     sbx__spec(m, s, &spec, kernel, initrd, rootfs, cmdline, cgroup, 512);
@@ -398,6 +576,11 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
              (long long)(t_health - t_restore), (long long)(sbx__mono_ms() - t0));
     rc = 0;
 out:
+    if (net_thread) {
+        pthread_join(nt, NULL);
+        if (nj.rc == 0)
+            s->net_up = true;
+    }
     if (rc < 0) {
         if (s->vm) {
             err_t se = {0};
@@ -412,33 +595,6 @@ out:
     mem_reader_free(rd);
     mem_map_free(map);
     return rc;
-}
-
-/* Give s a network slot (and the slot's uid, which its files are chowned to). */
-static int net_up(sbx_mgr_t *m, sbx_t *s, err_t *e)
-{
-    int slot = sbx__alloc_slot(m);
-    if (slot < 0)
-        return err_set(e, -ENOSPC, "no free network slot");
-    s->slot = slot;
-    s->uid = (uid_t)(SBX_UID_BASE + slot);
-    s->gid = (gid_t)(SBX_UID_BASE + slot);
-    net_slot_names(slot, &s->net);
-    char p[PATH_MAX];
-    int rc = 0;
-    if (chown(s->dir, s->uid, s->gid) < 0)
-        rc = err_errno(e, "chown sandbox directory");
-    path_in(p, sizeof p, s->dir, "overlay.qcow2");
-    if (rc == 0 && chown(p, s->uid, s->gid) < 0)
-        rc = err_errno(e, "chown disk");
-    if (rc == 0 && (rc = net_create(slot, &s->net, e)) < 0)
-        err_wrap(e, "network");
-    if (rc < 0) {
-        sbx__release_slot(m, s);
-        return rc;
-    }
-    s->net_up = true;
-    return 0;
 }
 
 static void net_down(sbx_mgr_t *m, sbx_t *s)
@@ -518,7 +674,7 @@ int sbx_resume(sbx_mgr_t *m, const char *id, int64_t timeout_sec, sbx_info_t *ou
         rc = err_set(e, -ENOENT, "sandbox %s not found", id);
         goto out;
     }
-    if ((rc = net_up(m, s, e)) < 0)
+    if ((rc = net_slot(m, s, e)) < 0)
         goto out;
     if ((rc = restore(m, s, NULL, NULL, e)) < 0) {
         net_down(m, s);
@@ -605,7 +761,7 @@ static int make_clone(sbx_mgr_t *m, const clone_src_t *src, const char *id, int6
         err_wrap(e, "disk");
         goto fail;
     }
-    if ((rc = net_up(m, s, e)) < 0)
+    if ((rc = net_slot(m, s, e)) < 0)
         goto fail;
     sbx__random_hex(s->token, 32);
     if ((rc = restore(m, s, src->token, env_vars, e)) < 0)
@@ -724,7 +880,7 @@ int sbx_snapshot_create(sbx_mgr_t *m, const char *id, const char *team, const ch
     snprintf(tmp, sizeof tmp, "%s/.tmp-%s", p, hex);
     snprintf(old, sizeof old, "%s/.old-%s", p, hex);
     path_in(p, sizeof p, s->dir, "snap");
-    if ((rc = link_snapshot(p, tmp, &map, e)) < 0)
+    if ((rc = link_snapshot(p, tmp, &map, e)) < 0 || (rc = mem_sync_layers(map, tmp, e)) < 0)
         goto out;
     /* The disk, flattened: the template must not depend on the sandbox's overlay chain. */
     path_in(p, sizeof p, s->dir, "overlay.qcow2");
