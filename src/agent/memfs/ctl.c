@@ -418,9 +418,9 @@ int memfs_stop(const char *mount, pid_t pid, int timeout_ms, err_t *e)
             rc = err_set(e, -ETIMEDOUT, "flushing %s/mem did not finish within %d ms", mount,
                          timeout_ms);
         } else if (frc < 0 && frc != -ENOTCONN && frc != -ECONNABORTED && frc != -ENOENT) {
-            /* (Not connected: the server died; no such file: nothing is mounted any more, e.g.
-             * a mount detached by an earlier call.) */
-            /* The server could not store everything: the memory is incomplete. */
+            /* The server could not store everything: the memory is incomplete. (Not connected:
+             * the server died; no such file: nothing is mounted any more, e.g. the mount was
+             * detached by an earlier call; both leave only the unmount to do.) */
             rc = err_set(e, frc, "flushing %s/mem: %s", mount, strerror(-frc));
         }
     }

@@ -379,13 +379,12 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         fuse_reply_err(req, EISDIR);
         return;
     }
-    if (off < 0 || (uint64_t)off >= fs->size) {
-        /* The file never grows. */
-        fuse_reply_err(req, size == 0 ? 0 : EFBIG);
-        return;
-    }
     if (size == 0) {
         fuse_reply_write(req, 0);
+        return;
+    }
+    if (off < 0 || (uint64_t)off >= fs->size) {
+        fuse_reply_err(req, EFBIG); /* the file never grows */
         return;
     }
     size_t len = size;
