@@ -313,6 +313,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         uint64_t b = pos / MEM_BLOCK_SIZE, bend = (end - 1) / MEM_BLOCK_SIZE + 1;
         bool dirty = bit_get(fs, b);
         uint64_t nb = run_of(fs, b, bend, dirty);
+        if (nb == 0) /* b's bit was set in between: either source is a valid content of b */
+            nb = 1;
         uint64_t run_end = (b + nb) * MEM_BLOCK_SIZE;
         if (run_end > end)
             run_end = end;
