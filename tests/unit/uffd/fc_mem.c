@@ -11,12 +11,14 @@
  * the memory's expected content.
  *
  *   fc_mem --sock PATH --size BYTES [--expect FILE] [--split BYTES] [--order seq|rand|none]
- *          [--threads N] [--remove-first OFF:LEN] [--remove OFF:LEN] [--unmap] [--remap]
+ *          [--threads N] [--remove-first OFF:LEN] [--remove OFF:LEN] [--churn OFF:LEN]
+ *          [--unmap] [--remap]
  *          [--write] [--split-vma] [--pause] [--cpu N] [--timeout S] [--seed N]
  *
  * --remove*: madvise(MADV_DONTNEED) on a range of guest offsets before / after the touch pass;
  *   the range must then read as zeroes (the server's documented semantics) and keep what is
- *   written to it. --unmap: munmap the second region before touching (only the first is
+ *   written to it. --churn: a thread drops the range again and again during the touch pass (and
+ *   once more after it). --unmap: munmap the second region before touching (only the first is
  *   touched). --remap: mremap the first region to a new address before touching. --split-vma:
  *   cut the first region into many mappings (madvise MADV_DONTDUMP on parts of it).
  * --pause: sleep after the work until killed (for kill tests). --timeout: SIGALRM after S
@@ -150,8 +152,20 @@ static void *toucher(void *arg)
     return (void *)(uintptr_t)sum;
 }
 
+/* Guest ranges dropped with MADV_DONTNEED: --remove-first, --remove, --churn. */
+static uint64_t g_rm[3][2];
+static volatile int g_churn_stop;
+
+static bool removed(uint64_t off)
+{
+    for (int i = 0; i < 3; i++)
+        if (in_range(off, g_rm[i][0], g_rm[i][1]))
+            return true;
+    return false;
+}
+
 /* Compare every page: zero inside the removed ranges, the expected content elsewhere. */
-static uint64_t verify(uint64_t rm1, uint64_t rm1len, uint64_t rm2, uint64_t rm2len)
+static uint64_t verify(void)
 {
     static const uint8_t zero[PS];
     uint64_t n = 0;
@@ -159,24 +173,36 @@ static uint64_t verify(uint64_t rm1, uint64_t rm1len, uint64_t rm2, uint64_t rm2
         const uint8_t *p = host_of(off);
         if (!p)
             continue;
-        bool removed = in_range(off, rm1, rm1len) || in_range(off, rm2, rm2len);
-        const uint8_t *want = removed ? zero : g_expect ? g_expect + off : NULL;
+        bool rm = removed(off);
+        const uint8_t *want = rm ? zero : g_expect ? g_expect + off : NULL;
         if (want && memcmp(p, want, PS) != 0) {
             uint64_t b = 0;
             while (p[b] == want[b])
                 b++;
             fail("content differs at guest offset %llu (removed=%d): 0x%02x, want 0x%02x",
-                 (unsigned long long)(off + b), removed, p[b], want[b]);
+                 (unsigned long long)(off + b), rm, p[b], want[b]);
         }
         n++;
     }
     return n;
 }
 
+/* Drop the churn range over and over while the touch pass runs, so faults meet pending remove
+ * events (the kernel answers EAGAIN to a copy while one is unread). */
+static void *churner(void *arg)
+{
+    (void)arg;
+    while (!g_churn_stop) {
+        dontneed(g_rm[2][0], g_rm[2][1]);
+        usleep(200); /* leave the touch pass room to make progress */
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     const char *sock = NULL, *expect = NULL, *order = "seq";
-    const char *rm_first = NULL, *rm_after = NULL;
+    const char *rm_first = NULL, *rm_after = NULL, *churn = NULL;
     uint64_t split = 0, seed = 1;
     bool unmap = false, remap = false, write_back = false, pause_end = false, split_vma = false;
     int cpu = -1, timeout = 120;
@@ -213,6 +239,8 @@ int main(int argc, char **argv)
                 rm_first = v;
             else if (!strcmp(a, "--remove"))
                 rm_after = v;
+            else if (!strcmp(a, "--churn"))
+                churn = v;
             else if (!strcmp(a, "--cpu"))
                 cpu = atoi(v);
             else if (!strcmp(a, "--timeout"))
@@ -329,10 +357,9 @@ int main(int argc, char **argv)
             die("munmap");
         g_reg[1].gone = true;
     }
-    uint64_t rm1 = 0, rm1len = 0, rm2 = 0, rm2len = 0;
     if (rm_first) {
-        parse_range(rm_first, &rm1, &rm1len);
-        dontneed(rm1, rm1len);
+        parse_range(rm_first, &g_rm[0][0], &g_rm[0][1]);
+        dontneed(g_rm[0][0], g_rm[0][1]);
     }
 
     /* The touch pass: one read per page in the chosen order, by g_threads threads. */
@@ -355,6 +382,12 @@ int main(int argc, char **argv)
     } else if (strcmp(order, "seq") && strcmp(order, "none")) {
         fail("bad order %s", order);
     }
+    pthread_t churn_th;
+    if (churn) {
+        parse_range(churn, &g_rm[2][0], &g_rm[2][1]);
+        if (pthread_create(&churn_th, NULL, churner, NULL) != 0)
+            die("pthread_create");
+    }
     uint64_t t0 = now_ns();
     pthread_t th[64];
     for (unsigned t = 0; t < g_threads; t++)
@@ -363,16 +396,22 @@ int main(int argc, char **argv)
     for (unsigned t = 0; t < g_threads; t++)
         pthread_join(th[t], NULL);
     uint64_t touch_ns = now_ns() - t0;
+    if (churn) {
+        /* One last drop once the churner is done: the range must then read as zeroes. */
+        g_churn_stop = 1;
+        pthread_join(churn_th, NULL);
+        dontneed(g_rm[2][0], g_rm[2][1]);
+    }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     uint64_t cpu_us = (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000u +
                       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 
-    uint64_t pages = verify(rm1, rm1len, rm2, rm2len);
+    uint64_t pages = verify();
     if (rm_after) {
-        parse_range(rm_after, &rm2, &rm2len);
-        dontneed(rm2, rm2len);
-        verify(rm1, rm1len, rm2, rm2len);
+        parse_range(rm_after, &g_rm[1][0], &g_rm[1][1]);
+        dontneed(g_rm[1][0], g_rm[1][1]);
+        verify();
     }
     if (write_back) {
         /* Every page, zero page or copied, takes a write and keeps it. */

@@ -437,6 +437,22 @@ static void test_remove(void **state)
     uffd_server_free(s);
 }
 
+/* Faults racing with remove events: the kernel refuses copies (EAGAIN) while an event is unread;
+ * those faults are retried once it is, and every byte still comes out right. */
+static void test_remove_churn(void **state)
+{
+    (void)state;
+    char a[64];
+    snprintf(a, sizeof a, "%u:%u", 2048 * BS, 512 * BS);
+    uffd_stats_t st;
+    uffd_server_t *s = run_fc(UFFD_PAGE_SIZE, &st, "--churn", a, "--order", "rand", "--threads",
+                              "2", "--write", NULL);
+    assert_true(st.removes > 1);
+    print_message("# churn: %" PRIu64 " remove events, %" PRIu64 " faults deferred by EAGAIN\n",
+                  st.removes, st.retries);
+    uffd_server_free(s);
+}
+
 static void test_unmap(void **state)
 {
     (void)state;
@@ -801,6 +817,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_random_threads_no_prefetch),
         cmocka_unit_test(test_big_window),
         cmocka_unit_test(test_remove),
+        cmocka_unit_test(test_remove_churn),
         cmocka_unit_test(test_unmap),
         cmocka_unit_test(test_remap),
         cmocka_unit_test(test_split_vma),
