@@ -14,6 +14,11 @@
 
 int sbx__record_save(const sbx_t *s, err_t *e)
 {
+    return sbx__record_write(s, true, e);
+}
+
+int sbx__record_write(const sbx_t *s, bool sync, err_t *e)
+{
     vmm_state_t st = {0};
     if (s->vm)
         vmm_get_state(s->vm, &st);
@@ -45,7 +50,7 @@ int sbx__record_save(const sbx_t *s, err_t *e)
     char path[600];
     snprintf(path, sizeof path, "%s/record.json", s->dir);
     /* Root-only: the record holds the guest's access token. Synced: it must survive a crash. */
-    int rc = fsutil_write_atomic(path, b.data, b.len, 0600, true, e);
+    int rc = fsutil_write_atomic(path, b.data, b.len, 0600, sync, e);
     if (rc < 0)
         err_wrap(e, "save record");
     buf_fini(&b);

@@ -64,6 +64,10 @@ struct sbx_mgr {
 /* record.c */
 /** Write s's record atomically into s->dir/record.json (mode 0600). */
 int sbx__record_save(const sbx_t *s, err_t *e);
+/** Same, choosing whether to fsync it (a pause does not: on ext4 that fsync would wait for
+ * the journal to take the snapshot's freshly written memory along; the snapshot's background
+ * sync syncs the record after it). */
+int sbx__record_write(const sbx_t *s, bool sync, err_t *e);
 /** Load a record from dir/record.json into s (and the VMM state into st). */
 int sbx__record_load(const char *dir, sbx_t *s, vmm_state_t *st, err_t *e);
 /** Remove a directory tree (no symlinks followed). */

@@ -185,11 +185,17 @@ static void *sync_main(void *ud)
     int64_t t0 = sbx__mono_ms();
     err_t e = {0};
     /* A layer removed meanwhile (the sandbox destroyed, layers merged) needs no sync. */
+    char rec[PATH_MAX + 32];
+    snprintf(rec, sizeof rec, "%s/../record.json", j->snap);
+    int rfd = -1;
     if (mem_sync_layers(j->map, j->snap, &e) < 0 && e.code != -ENOENT)
         log_warn("sandbox.sync_failed", "snap=%s err=\"%s\"", j->snap, e.msg);
-    else if (unlink(j->marker) == 0)
+    else if (((rfd = open(rec, O_RDONLY | O_CLOEXEC)) < 0 || fsync(rfd) == 0) &&
+             unlink(j->marker) == 0)
         log_debug("sandbox.synced", "snap=%s dur_ms=%lld", j->snap,
                   (long long)(sbx__mono_ms() - t0));
+    if (rfd >= 0)
+        close(rfd);
     mem_map_free(j->map);
     free(j);
     return NULL;
@@ -515,7 +521,10 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
         rc = err_errno(e, mnt);
         goto out;
     }
-    memfs_opts_t mo = {.map = hdr,
+    char mlog[PATH_MAX];
+    path_in(mlog, sizeof mlog, s->dir, "memfs.log");
+    memfs_opts_t mo = {.log = mlog,
+                       .map = hdr,
                        .layers = snap,
                        .upper = upper,
                        .bitmap = bitmap,
@@ -629,7 +638,7 @@ static int pause_locked(sbx_mgr_t *m, sbx_t *s, bool *gone, err_t *e)
     }
     net_down(m, s);
     s->state = SBX_PAUSED;
-    if ((rc = sbx__record_save(s, e)) < 0)
+    if ((rc = sbx__record_write(s, false, e)) < 0)
         return rc;
     log_info("sandbox.paused", "sandbox=%s dur_ms=%lld", s->id, (long long)(sbx__mono_ms() - t0));
     return 0;
