@@ -37,6 +37,7 @@ extern char **environ;
 typedef struct agent_cfg {
     const char *root, *listen, *secret, *secret_file, *log_level, *images_dir, *port_file;
     long boot_timeout_ms;
+    long max_layers;
     bool help, version;
 } agent_cfg_t;
 
@@ -159,7 +160,9 @@ static int serve(const agent_cfg_t *c)
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
     httpc_global_init();
 
-    sbx_mgr_cfg_t mc = {.root = c->root, .boot_timeout_ms = c->boot_timeout_ms};
+    sbx_mgr_cfg_t mc = {.root = c->root,
+                        .boot_timeout_ms = c->boot_timeout_ms,
+                        .max_layers = (unsigned)c->max_layers};
     sbx_mgr_t *mgr = NULL;
     if (sbx_mgr_new(&mc, &mgr, &e) < 0) {
         log_error("agent.start_failed", "err=\"%s\"", e.msg);
@@ -222,6 +225,8 @@ int main(int argc, char **argv)
         {"port-file", CFG_STR, &c.port_file, 0, 0, "write the bound port here once serving"},
         {"boot-timeout-ms", CFG_INT, &c.boot_timeout_ms, 1000, 600000,
          "how long a new guest may take to answer (30000)"},
+        {"max-layers", CFG_INT, &c.max_layers, 1, 64,
+         "memory layers a snapshot may have before they are merged into one (10)"},
         {"help", CFG_BOOL, &c.help, 0, 0, "show this help"},
         {"version", CFG_BOOL, &c.version, 0, 0, "print the version and exit"},
         {0},
