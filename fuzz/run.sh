@@ -12,7 +12,7 @@ set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-20}
 [ $# -gt 0 ] && shift
-targets=${*:-"fuzz_envelope fuzz_pjson fuzz_multipart fuzz_gz fuzz_envd_decode"}
+targets=${*:-"fuzz_envelope fuzz_pjson fuzz_multipart fuzz_gz fuzz_envd_decode fuzz_mem_map"}
 build=${WRENN_FUZZ_BUILD:-$root/build-fuzz}
 jobs=${WRENN_FUZZ_JOBS:-1}
 
