@@ -280,9 +280,13 @@ static bool is_memfs(pid_t pid, const char *mount)
     size_t na = 0;
     for (const char *p = cmd; p < cmd + n && na < 64; p += strlen(p) + 1)
         args[na++] = p;
-    if (na < 2 || strcmp(args[1], "memfs") != 0)
+    /* "wrenn-agent memfs ..." or wrenn-memfs, started as "memfs ...". */
+    size_t first = na >= 1 && strcmp(args[0], "memfs") == 0   ? 1
+                   : na >= 2 && strcmp(args[1], "memfs") == 0 ? 2
+                                                              : 0;
+    if (first == 0)
         return false;
-    for (size_t i = 2; i < na; i++) {
+    for (size_t i = first; i < na; i++) {
         if (strcmp(args[i], "--mount") == 0 && i + 1 < na)
             return strcmp(args[i + 1], mount) == 0;
         if (strncmp(args[i], "--mount=", 8) == 0)

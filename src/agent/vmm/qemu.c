@@ -900,12 +900,16 @@ static void __attribute__((noreturn)) child_run(child_ctx_t *c)
         child_fail(c, ST_RLIMIT);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         child_fail(c, ST_NNP);
+    /* Raw system calls, not glibc's wrappers: those change the credentials of every thread
+     * glibc knows of, and this child of a raw clone3 still carries the parent's thread list; a
+     * thread that was being created at the moment of the clone is waited for forever (seen:
+     * a restore spawning QEMU while another request started a thread hung here). */
     if (c->uid != 0) {
-        if (setgroups(0, NULL) < 0)
+        if (syscall(SYS_setgroups, 0, NULL) < 0)
             child_fail(c, ST_SETGROUPS);
-        if (setresgid(c->gid, c->gid, c->gid) < 0)
+        if (syscall(SYS_setresgid, c->gid, c->gid, c->gid) < 0)
             child_fail(c, ST_SETGID);
-        if (setresuid(c->uid, c->uid, c->uid) < 0)
+        if (syscall(SYS_setresuid, c->uid, c->uid, c->uid) < 0)
             child_fail(c, ST_SETUID);
     }
     struct sigaction sa;
