@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -137,8 +138,57 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
     }
     if (s->restored)
         sbx__memfs_down(s);
+    /* A memfs mount with no (readable) record to say so would keep the directory. */
+    char mnt[600];
+    snprintf(mnt, sizeof mnt, "%s/memfs", dir);
+    if (umount2(mnt, MNT_DETACH) == 0)
+        log_warn("sandbox.reap_stray_mount", "path=%s", mnt);
     sbx__rmrf(dir);
     sbx__unref(m, s);
+}
+
+/* Whether mount point mp is the memfs of a running sandbox we adopted. */
+static bool owned_mount(sbx_mgr_t *m, const char *mp)
+{
+    for (size_t i = 0; i < m->ntab; i++) {
+        char want[600];
+        snprintf(want, sizeof want, "%s/memfs", m->tab[i]->dir);
+        if (m->tab[i]->state == SBX_RUNNING && m->tab[i]->restored && strcmp(want, mp) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Detach every mount under <root>/sandboxes that no adopted sandbox owns (a memfs whose
+ * sandbox is gone; its server exits once the mount is gone). */
+static void reap_stray_mounts(sbx_mgr_t *m)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return;
+    char line[4096];
+    size_t rl = strlen(m->sbx_root);
+    char **stray = NULL;
+    size_t n = 0;
+    while (fgets(line, sizeof line, f)) {
+        /* id parent major:minor root mount-point ...; octal escapes (\040) in paths. */
+        char *save = NULL, *tok = strtok_r(line, " ", &save);
+        for (int i = 0; i < 4 && tok; i++)
+            tok = strtok_r(NULL, " ", &save);
+        if (!tok || strncmp(tok, m->sbx_root, rl) != 0 || tok[rl] != '/' || strchr(tok, '\\'))
+            continue;
+        if (!owned_mount(m, tok)) {
+            stray = xrealloc(stray, (n + 1) * sizeof *stray);
+            stray[n++] = xstrdup(tok);
+        }
+    }
+    fclose(f);
+    for (size_t i = n; i-- > 0;) {
+        if (umount2(stray[i], MNT_DETACH) == 0)
+            log_warn("sandbox.reap_stray_mount", "path=%s", stray[i]);
+        free(stray[i]);
+    }
+    free(stray);
 }
 
 int sbx__recover(sbx_mgr_t *m, err_t *e)
@@ -174,6 +224,7 @@ int sbx__recover(sbx_mgr_t *m, err_t *e)
     free(names);
 
     reap_stray_vms(m);
+    reap_stray_mounts(m);
     int keep[NET_MAX_SLOTS > 4096 ? 4096 : NET_MAX_SLOTS];
     int nkeep = 0;
     for (size_t i = 0; i < m->ntab && nkeep < (int)(sizeof keep / sizeof keep[0]); i++)

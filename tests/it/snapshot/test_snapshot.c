@@ -444,6 +444,30 @@ static void test_resume_after_restart(void **state)
     free(id);
 }
 
+/* A restored sandbox whose record is lost (an agent that died mid-create, a disk error): the
+ * next agent start kills its VM and detaches its memfs mount; nothing is left (after()). */
+static void test_stray_restored_reaped(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    char *id = create("minimal", "\"memoryMb\":256");
+    pause_ok(id);
+    resume_ok(id);
+    ta_kill9(&ag);
+    char rec[600];
+    snprintf(rec, sizeof rec, "%s/sandboxes/%s/record.json", ag.root, id);
+    assert_int_equal(unlink(rec), 0);
+    assert_int_equal(ta_restart(&ag), 0);
+    json_t *r = NULL;
+    assert_int_equal(callf("GetSandbox", &r, "{\"sandboxId\":\"%s\"}", id), 404);
+    json_decref(r);
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/sandboxes/%s", ag.root, id);
+    struct stat sb;
+    assert_int_not_equal(stat(dir, &sb), 0);
+    free(id);
+}
+
 /* ---- under load -------------------------------------------------------------------------------- */
 
 struct load_job {
@@ -603,6 +627,7 @@ int main(void)
         cmocka_unit_test_teardown(test_corrupt_refused, after),
         cmocka_unit_test_teardown(test_fork, after),
         cmocka_unit_test_teardown(test_resume_after_restart, after),
+        cmocka_unit_test_teardown(test_stray_restored_reaped, after),
         cmocka_unit_test_teardown(test_pause_under_load, after),
         cmocka_unit_test_teardown(test_template_ten_clones, after),
         cmocka_unit_test_teardown(test_fifty_cycles, after),
