@@ -90,6 +90,7 @@ static int m_create(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
         (rc = pjson_i64(in, "memoryMb", &q.memory_mb, NULL, e)) < 0 ||
         (rc = pjson_i64(in, "timeoutSec", &q.timeout_sec, NULL, e)) < 0 ||
         (rc = pjson_str(in, "teamId", &q.team, e)) < 0 ||
+        (rc = pjson_bool(in, "autoPause", &q.auto_pause, NULL, e)) < 0 ||
         (rc = pjson_obj(in, "envVars", &envs, e)) < 0)
         return rc;
     q.env_vars = envs;
@@ -128,7 +129,16 @@ static int m_list(connect_call_t *c, const json_t *in, json_t **out, err_t *e)
     free(arr);
     *out = json_object();
     json_object_set_new(*out, "sandboxes", list);
-    json_object_set_new(*out, "autoPausedSandboxIds", json_array());
+    char **ids = NULL;
+    size_t nids = 0;
+    sbx_take_auto_paused(r->mgr, &ids, &nids);
+    json_t *ap = json_array();
+    for (size_t i = 0; i < nids; i++) {
+        json_array_append_new(ap, json_string(ids[i]));
+        free(ids[i]);
+    }
+    free(ids);
+    json_object_set_new(*out, "autoPausedSandboxIds", ap);
     return 0;
 }
 

@@ -40,6 +40,7 @@ int sbx__record_write(const sbx_t *s, bool sync, err_t *e)
     json_object_set_new(j, "state", json_string(s->state == SBX_PAUSED ? "paused" : "running"));
     json_object_set_new(j, "team", json_string(s->team));
     json_object_set_new(j, "restored", json_boolean(s->restored));
+    json_object_set_new(j, "autoPause", json_boolean(s->auto_pause));
     json_object_set_new(j, "memfsPid", json_integer(s->memfs_pid));
     json_object_set_new(j, "memfsStart", json_integer((json_int_t)s->memfs_start));
     buf_t b;
@@ -98,6 +99,7 @@ int sbx__record_load(const char *dir, sbx_t *s, vmm_state_t *st, err_t *e)
     s->state = paused ? SBX_PAUSED : SBX_RUNNING;
     snprintf(s->team, sizeof s->team, "%s", team ? team : "");
     s->restored = json_is_true(json_object_get(j, "restored"));
+    s->auto_pause = json_is_true(json_object_get(j, "autoPause"));
     s->memfs_pid = (pid_t)json_integer_value(json_object_get(j, "memfsPid"));
     s->memfs_start = (uint64_t)json_integer_value(json_object_get(j, "memfsStart"));
     if (!paused)

@@ -315,6 +315,7 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
     }
     snprintf(s->template_name, sizeof s->template_name, "%s", tmpl);
     snprintf(s->team, sizeof s->team, "%s", req->team ? req->team : "");
+    s->auto_pause = req->auto_pause;
     s->vcpus = (unsigned)vcpus;
     s->memory_mb = (unsigned)mem;
     atomic_store(&s->timeout_sec, req->timeout_sec);
@@ -537,6 +538,17 @@ int sbx_target(sbx_mgr_t *m, const char *id, envdc_t *out, err_t *e)
     return with_running(m, id, e, do_target, out);
 }
 
+int sbx_take_auto_paused(sbx_mgr_t *m, char ***ids, size_t *n)
+{
+    pthread_mutex_lock(&m->lock);
+    *ids = m->auto_paused;
+    *n = m->nauto_paused;
+    m->auto_paused = NULL;
+    m->nauto_paused = 0;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
 /* ---- reaper ---------------------------------------------------------------------------------- */
 
 static void reap_once(sbx_mgr_t *m)
@@ -560,10 +572,29 @@ static void reap_once(sbx_mgr_t *m)
             else if (s->state == SBX_RUNNING && to > 0 &&
                      now - atomic_load(&s->last_active_at) >= to)
                 why = "timeout";
-            if (why)
+            bool paused = false;
+            if (why && strcmp(why, "timeout") == 0 && s->auto_pause) {
+                /* autoPause: the sandbox goes to disk, and ListSandboxes says so once. */
+                err_t pe = {0};
+                bool gone = false;
+                if (sbx__pause_locked(m, s, &gone, &pe) == 0) {
+                    paused = true;
+                    pthread_mutex_lock(&m->lock);
+                    m->auto_paused =
+                        xrealloc(m->auto_paused, (m->nauto_paused + 1) * sizeof *m->auto_paused);
+                    m->auto_paused[m->nauto_paused++] = xstrdup(s->id);
+                    pthread_mutex_unlock(&m->lock);
+                    log_info("sandbox.auto_paused", "sandbox=%s", s->id);
+                } else {
+                    log_warn("sandbox.auto_pause_failed", "sandbox=%s err=\"%s\"", s->id, pe.msg);
+                    if (gone)
+                        s->state = SBX_GONE;
+                }
+            }
+            if (why && !paused && s->state != SBX_GONE)
                 destroy_locked(m, s, why);
             pthread_mutex_unlock(&s->lock);
-            if (why)
+            if (why && !paused)
                 sbx__remove(m, s);
         }
         sbx__unref(m, s);
@@ -680,6 +711,9 @@ void sbx_mgr_free(sbx_mgr_t *m)
     free(m->root);
     free(m->sbx_root);
     free(m->tmpl_root);
+    for (size_t i = 0; i < m->nauto_paused; i++)
+        free(m->auto_paused[i]);
+    free(m->auto_paused);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->stop_lock);
     pthread_cond_destroy(&m->stop_cond);

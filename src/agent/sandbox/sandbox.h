@@ -58,6 +58,7 @@ typedef struct sbx_create_req {
     int64_t timeout_sec;       /* inactivity TTL; 0: none */
     const json_t *env_vars;    /* optional object of strings for the guest's /init */
     const char *team;          /* optional: whose snapshot templates template_name may name */
+    bool auto_pause;           /* at TTL expiry pause instead of destroying */
 } sbx_create_req_t;
 
 /** Create the manager: host network setup, re-adoption of live sandboxes recorded under root,
@@ -95,6 +96,10 @@ int sbx_touch(sbx_mgr_t *m, const char *id, err_t *e);
 /** Where to reach a running sandbox's guest agent (address and access token), marking it
  * active. -ENOENT when unknown or not running. */
 int sbx_target(sbx_mgr_t *m, const char *id, envdc_t *out, err_t *e);
+
+/** Ids of sandboxes the TTL reaper paused (autoPause) since the last call (malloc'd array of
+ * malloc'd strings; the caller frees both). */
+int sbx_take_auto_paused(sbx_mgr_t *m, char ***ids, size_t *n);
 
 /** Pause: save the VM (device state + memory as a new layer) into <dir>/snap, stop it and free
  * its network slot. The sandbox stays known as "paused". -ENOENT unknown, -EALREADY when not

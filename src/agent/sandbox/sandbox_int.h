@@ -36,6 +36,7 @@ typedef struct sbx {
     pid_t memfs_pid;   /* the memfs process serving that RAM file, 0: none */
     uint64_t memfs_start; /* its start time, to detect pid reuse */
     char mem_path[560];   /* <dir>/memfs/mem when restored */
+    bool auto_pause;      /* the TTL pauses it instead of destroying it */
 } sbx_t;
 
 struct sbx_mgr {
@@ -52,6 +53,8 @@ struct sbx_mgr {
     uint8_t *slots; /* NET_MAX_SLOTS + 1 entries, 1 = taken */
 
     char *tmpl_root;     /* <root>/templates: snapshot templates, <team>/<name>/ */
+    char **auto_paused;  /* ids the reaper paused, until ListSandboxes takes them (table lock) */
+    size_t nauto_paused;
     unsigned max_layers; /* memory layers a snapshot may have before they are merged */
 
     pthread_t reaper;
@@ -112,6 +115,9 @@ int sbx__snapshot_check(const char *dir, err_t *e);
 /** Stop the memfs server of s (after its VM is gone) and remove its mount point, upper file and
  * bitmap. */
 void sbx__memfs_down(sbx_t *s);
+
+/** Pause s (locked, running); *gone when it was lost and torn down (the caller removes it). */
+int sbx__pause_locked(sbx_mgr_t *m, sbx_t *s, bool *gone, err_t *e);
 
 /* recover.c */
 /** Re-adopt or clean up recorded sandboxes, then reap leftovers nobody owns. */

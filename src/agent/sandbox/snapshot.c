@@ -622,7 +622,7 @@ static void net_down(sbx_mgr_t *m, sbx_t *s)
 /* ---- pause / resume ------------------------------------------------------------------------ */
 
 /* Pause s (locked, running). On failure it is running still, or lost (destroyed). */
-static int pause_locked(sbx_mgr_t *m, sbx_t *s, bool *gone, err_t *e)
+int sbx__pause_locked(sbx_mgr_t *m, sbx_t *s, bool *gone, err_t *e)
 {
     int64_t t0 = sbx__mono_ms();
     bool lost = false;
@@ -657,7 +657,7 @@ int sbx_pause(sbx_mgr_t *m, const char *id, err_t *e)
     else if (s->state != SBX_RUNNING)
         rc = err_set(e, -ENOENT, "sandbox %s not found", id);
     else
-        rc = pause_locked(m, s, &gone, e);
+        rc = sbx__pause_locked(m, s, &gone, e);
     pthread_mutex_unlock(&s->lock);
     if (gone)
         sbx__remove(m, s);
@@ -717,7 +717,7 @@ typedef struct clone_src {
 
 /* Make a new running sandbox restored from src. */
 static int make_clone(sbx_mgr_t *m, const clone_src_t *src, const char *id, int64_t timeout_sec,
-                      const json_t *env_vars, sbx_info_t *out, err_t *e)
+                      bool auto_pause, const json_t *env_vars, sbx_info_t *out, err_t *e)
 {
     int64_t t0 = sbx__mono_ms();
     sbx_t *s = sbx__new();
@@ -735,6 +735,7 @@ static int make_clone(sbx_mgr_t *m, const clone_src_t *src, const char *id, int6
     snprintf(s->team, sizeof s->team, "%s", src->team ? src->team : "");
     s->vcpus = src->vcpus;
     s->memory_mb = src->memory_mb;
+    s->auto_pause = auto_pause;
     atomic_store(&s->timeout_sec, timeout_sec);
     s->state = SBX_CREATING;
     pthread_mutex_lock(&s->lock);
@@ -842,7 +843,7 @@ int sbx__create_from_template(sbx_mgr_t *m, const sbx_create_req_t *req, const c
                        .token = t.token,
                        .template_name = req->template_name,
                        .team = req->team};
-    return make_clone(m, &src, req->id, req->timeout_sec, req->env_vars, out, e);
+    return make_clone(m, &src, req->id, req->timeout_sec, req->auto_pause, req->env_vars, out, e);
 }
 
 /* ---- templates ------------------------------------------------------------------------------ */
@@ -873,7 +874,7 @@ int sbx_snapshot_create(sbx_mgr_t *m, const char *id, const char *team, const ch
     mem_map_t *map = NULL;
     tmp[0] = '\0';
     if (s->state == SBX_RUNNING) {
-        if ((rc = pause_locked(m, s, &gone, e)) < 0)
+        if ((rc = sbx__pause_locked(m, s, &gone, e)) < 0)
             goto out;
     } else if (s->state != SBX_PAUSED) {
         rc = err_set(e, -ENOENT, "sandbox %s not found", id);
@@ -1032,6 +1033,7 @@ int sbx_fork(sbx_mgr_t *m, const char *id, unsigned count, int64_t timeout_sec, 
     snprintf(team, sizeof team, "%s", s->team);
     snprintf(token, sizeof token, "%s", s->token);
     unsigned vcpus = s->vcpus, memory_mb = s->memory_mb;
+    bool auto_pause = s->auto_pause;
     /* The parent goes on whatever happened to the staging. */
     err_t re = {0};
     if (restore(m, s, NULL, NULL, &re) < 0) {
@@ -1059,7 +1061,7 @@ int sbx_fork(sbx_mgr_t *m, const char *id, unsigned count, int64_t timeout_sec, 
     sbx_info_t *arr = xcalloc(count, sizeof *arr);
     size_t k = 0;
     for (unsigned i = 0; i < count; i++) {
-        rc = make_clone(m, &src, NULL, timeout_sec, NULL, &arr[k], e);
+        rc = make_clone(m, &src, NULL, timeout_sec, auto_pause, NULL, &arr[k], e);
         if (rc < 0)
             break;
         k++;

@@ -468,6 +468,47 @@ static void test_stray_restored_reaped(void **state)
     free(id);
 }
 
+/* autoPause: at TTL expiry the sandbox is paused, not destroyed; ListSandboxes reports it in
+ * autoPausedSandboxIds exactly once; it resumes with what it had. */
+static void test_auto_pause(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    json_t *r = NULL;
+    assert_int_equal(callf("CreateSandbox", &r,
+                           "{\"template\":\"minimal\",\"memoryMb\":256,\"timeoutSec\":2,"
+                           "\"autoPause\":true}"),
+                     200);
+    char *id = xstrdup(json_string_value(json_object_get(r, "sandboxId")));
+    json_decref(r);
+    free(sh_ok(id, "echo kept > /root/f && sync"));
+    bool seen = false;
+    for (int i = 0; i < 40 && !seen; i++) {
+        struct timespec ts = {0, 250 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        assert_int_equal(ta_call(&ag, "ListSandboxes", "{}", &r), 200);
+        json_t *v;
+        size_t k;
+        json_array_foreach(json_object_get(r, "autoPausedSandboxIds"), k, v)
+        {
+            if (strcmp(json_string_value(v), id) == 0)
+                seen = true;
+        }
+        json_decref(r);
+    }
+    assert_true(seen);
+    status_is(id, "paused");
+    /* Reported once only. */
+    assert_int_equal(ta_call(&ag, "ListSandboxes", "{}", &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r, "autoPausedSandboxIds")), 0);
+    json_decref(r);
+    resume_ok(id);
+    char *o = sh_ok(id, "cat /root/f");
+    assert_string_equal(o, "kept");
+    free(o);
+    free(id);
+}
+
 /* ---- under load -------------------------------------------------------------------------------- */
 
 struct load_job {
@@ -628,6 +669,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fork, after),
         cmocka_unit_test_teardown(test_resume_after_restart, after),
         cmocka_unit_test_teardown(test_stray_restored_reaped, after),
+        cmocka_unit_test_teardown(test_auto_pause, after),
         cmocka_unit_test_teardown(test_pause_under_load, after),
         cmocka_unit_test_teardown(test_template_ten_clones, after),
         cmocka_unit_test_teardown(test_fifty_cycles, after),
