@@ -375,6 +375,46 @@ int ta_leftovers(const char *root)
         n++;
     }
     if (root) {
+        /* memfs servers (issue 4) of this root's sandboxes: they exit once unmounted. */
+        char sbx[512];
+        snprintf(sbx, sizeof sbx, "%s/sandboxes/", root);
+        int nm = 0;
+        for (int tries = 0; tries < 100; tries++) {
+            nm = 0;
+            DIR *pd = opendir("/proc");
+            struct dirent *pe;
+            while (pd && (pe = readdir(pd))) {
+                if (pe->d_name[0] < '0' || pe->d_name[0] > '9')
+                    continue;
+                char path[300], cl[4096];
+                snprintf(path, sizeof path, "/proc/%s/cmdline", pe->d_name);
+                int fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                    continue;
+                ssize_t k = read(fd, cl, sizeof cl - 1);
+                close(fd);
+                if (k <= 0)
+                    continue;
+                cl[k] = '\0';
+                bool memfs = strcmp(cl, "memfs") == 0;
+                for (ssize_t i = 0; i < k && !memfs; i++)
+                    if (cl[i] == '\0' && strcmp(cl + i + 1, "memfs") == 0)
+                        memfs = true;
+                for (ssize_t i = 0; i < k; i++)
+                    if (cl[i] == '\0')
+                        cl[i] = ' ';
+                if (memfs && strstr(cl, sbx))
+                    nm++;
+            }
+            if (pd)
+                closedir(pd);
+            if (nm == 0)
+                break;
+            usleep(50000);
+        }
+        if (nm)
+            fprintf(stderr, "# leftover: %d memfs servers of %s\n", nm, sbx);
+        n += nm;
         char p[512];
         snprintf(p, sizeof p, "%s/sandboxes", root);
         d = opendir(p);
