@@ -12,6 +12,7 @@
  * Needs root and the images in WRENN_BENCH_IMAGE_CACHE (default /var/cache/wrenn/test-images,
  * what tests/it/agent builds). Prints a table; exits 0 unless something failed outright.
  */
+#include "ba.h"
 #include "buf.h"
 #include "disk/disk.h"
 #include "httpc.h"
@@ -32,148 +33,17 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SECRET   "bench-secret-0123456789abcdef"
 #define RAW_SLOT 16000
 
 extern char **environ;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    int i = (int)(p * (n - 1) + 0.5);
-    return v[i < n ? i : n - 1];
-}
-
-static const char *cache(void)
-{
-    const char *c = getenv("WRENN_BENCH_IMAGE_CACHE");
-    return c && *c ? c : "/var/cache/wrenn/test-images";
-}
-
 /* ---- the agent ------------------------------------------------------------------------------ */
-
-static pid_t agent_pid;
-static char agent_url[64];
-static char scratch[256];
-
-static int start_agent(const char *bin)
-{
-    snprintf(scratch, sizeof scratch, "/tmp/agent-bench-XXXXXX");
-    if (!mkdtemp(scratch))
-        return -1;
-    chmod(scratch, 0755);
-    char root[300], p[400], port_file[300], log[300];
-    snprintf(root, sizeof root, "%s/root", scratch);
-    mkdir(root, 0755);
-    snprintf(p, sizeof p, "%s/images", cache());
-    char dst[400];
-    snprintf(dst, sizeof dst, "%s/images", root);
-    if (symlink(p, dst) < 0)
-        return -1;
-    snprintf(p, sizeof p, "%s/kernels", cache());
-    snprintf(dst, sizeof dst, "%s/kernels", root);
-    if (symlink(p, dst) < 0)
-        return -1;
-    snprintf(port_file, sizeof port_file, "%s/port", scratch);
-    /* WRENN_BENCH_AGENT_LOG=path keeps the agent's log (level info: per-create vmm.started
-     * spawn_ms/dur_ms and sandbox.created vm_ms/boot_ms) after the run. */
-    const char *keep = getenv("WRENN_BENCH_AGENT_LOG");
-    snprintf(log, sizeof log, "%s", keep && *keep ? keep : "");
-    if (!log[0])
-        snprintf(log, sizeof log, "%s/agent.log", scratch);
-    const char *argv[] = {bin,         "--root",      root,     "--listen", "127.0.0.1:0",
-                          "--port-file", port_file,   "--secret", SECRET,   "--log-level",
-                          "info",      NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int r = posix_spawn(&agent_pid, bin, &fa, NULL, (char *const *)argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (r != 0)
-        return -1;
-    for (int i = 0; i < 1000; i++) {
-        FILE *f = fopen(port_file, "re");
-        int port = 0;
-        if (f) {
-            int ok = fscanf(f, "%d", &port);
-            fclose(f);
-            if (ok == 1 && port > 0) {
-                snprintf(agent_url, sizeof agent_url, "http://127.0.0.1:%d", port);
-                return 0;
-            }
-        }
-        usleep(10000);
-    }
-    return -1;
-}
-
-static void show_agent_warnings(void)
-{
-    char log[300], line[1024];
-    snprintf(log, sizeof log, "%s/agent.log", scratch);
-    FILE *f = fopen(log, "re");
-    while (f && fgets(line, sizeof line, f))
-        if (strstr(line, "lvl=warn") || strstr(line, "lvl=error"))
-            fprintf(stderr, "  %s", line);
-    if (f)
-        fclose(f);
-}
-
-static void stop_agent(void)
-{
-    if (agent_pid > 0) {
-        kill(agent_pid, SIGTERM);
-        waitpid(agent_pid, NULL, 0);
-    }
-    char *argv[] = {"/bin/rm", "-rf", scratch, NULL};
-    pid_t p;
-    if (scratch[0] && posix_spawn(&p, argv[0], NULL, NULL, argv, environ) == 0)
-        waitpid(p, NULL, 0);
-}
-
-static json_t *call(const char *method, const char *body, long *status)
-{
-    char url[256];
-    snprintf(url, sizeof url, "%s/hostagent.v1.HostAgentService/%s", agent_url, method);
-    const char *h[] = {"Content-Type: application/json", "Authorization: Bearer " SECRET, NULL};
-    httpc_t *c = httpc_new();
-    httpc_resp_t r;
-    httpc_resp_init(&r);
-    httpc_req_t q = {.method = "POST",
-                     .url = url,
-                     .headers = h,
-                     .body = body,
-                     .body_len = strlen(body),
-                     .timeout_ms = 120000};
-    json_t *j = NULL;
-    *status = -1;
-    if (httpc_do(c, &q, &r, NULL) == 0) {
-        *status = r.status;
-        j = json_loadb(r.body.data ? r.body.data : "", r.body.len, 0, NULL);
-    }
-    httpc_resp_fini(&r);
-    httpc_free(c);
-    return j;
-}
 
 static char *create(void)
 {
     long st;
     json_t *j =
-        call("CreateSandbox", "{\"template\":\"minimal\",\"vcpus\":1,\"memoryMb\":256}", &st);
+        ba_call("CreateSandbox", "{\"template\":\"minimal\",\"vcpus\":1,\"memoryMb\":256}", &st);
     char *id = st == 200 ? xstrdup(json_string_value(json_object_get(j, "sandboxId"))) : NULL;
     if (!id) {
         char *d = j ? json_dumps(j, 0) : NULL;
@@ -182,29 +52,6 @@ static char *create(void)
     }
     json_decref(j);
     return id;
-}
-
-static bool exec_hi(const char *id)
-{
-    char body[256];
-    snprintf(body, sizeof body,
-             "{\"sandboxId\":\"%s\",\"cmd\":\"/bin/echo\",\"args\":[\"hi\"],\"timeoutSec\":60}",
-             id);
-    long st;
-    json_t *j = call("Exec", body, &st);
-    /* "hi\n" in base64 */
-    bool ok = st == 200 && json_is_string(json_object_get(j, "stdout")) &&
-              strcmp(json_string_value(json_object_get(j, "stdout")), "aGkK") == 0;
-    json_decref(j);
-    return ok;
-}
-
-static void destroy(const char *id)
-{
-    char body[128];
-    snprintf(body, sizeof body, "{\"sandboxId\":\"%s\"}", id);
-    long st;
-    json_decref(call("DestroySandbox", body, &st));
 }
 
 static long rss_kib(pid_t pid)
@@ -223,35 +70,6 @@ static long rss_kib(pid_t pid)
 
 /* ---- raw QEMU ---------------------------------------------------------------------------- */
 
-static unsigned tsc_khz(void)
-{
-    FILE *f = fopen("/proc/cpuinfo", "re");
-    char line[256];
-    double mhz = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "cpu MHz", 7) == 0) {
-            mhz = strtod(strchr(line, ':') + 1, NULL);
-            break;
-        }
-    if (f)
-        fclose(f);
-    return (unsigned)(mhz * 1000 + 0.5);
-}
-
-static bool health(const char *host_ip)
-{
-    char url[128];
-    snprintf(url, sizeof url, "http://%s:%d/health", host_ip, NET_ENVD_PORT);
-    httpc_t *c = httpc_new();
-    httpc_resp_t r;
-    httpc_resp_init(&r);
-    httpc_req_t q = {.method = "GET", .url = url, .timeout_ms = 300}; /* as envdc */
-    bool ok = httpc_do(c, &q, &r, NULL) == 0 && r.status >= 200 && r.status < 300;
-    httpc_resp_fini(&r);
-    httpc_free(c);
-    return ok;
-}
-
 /* One raw boot: QEMU started by hand in the slot's namespace, to the guest's /health (ms). */
 static double raw_boot(const char *dir)
 {
@@ -262,10 +80,10 @@ static double raw_boot(const char *dir)
         return -1;
     }
     char base[512], overlay[512], kernel[512], initrd[512], con[512], append[1024];
-    snprintf(base, sizeof base, "%s/images/minimal/rootfs.ext4", cache());
+    snprintf(base, sizeof base, "%s/images/minimal/rootfs.ext4", ba_cache());
     snprintf(overlay, sizeof overlay, "%s/raw.qcow2", dir);
-    snprintf(kernel, sizeof kernel, "%s/kernels/current/vmlinux", cache());
-    snprintf(initrd, sizeof initrd, "%s/kernels/current/initramfs.cpio", cache());
+    snprintf(kernel, sizeof kernel, "%s/kernels/current/vmlinux", ba_cache());
+    snprintf(initrd, sizeof initrd, "%s/kernels/current/initramfs.cpio", ba_cache());
     snprintf(con, sizeof con, "%s/raw-console.log", dir);
     unlink(overlay);
     double ms = -1;
@@ -274,7 +92,7 @@ static double raw_boot(const char *dir)
         fprintf(stderr, "agent_bench: overlay: %s\n", e.msg);
         goto out;
     }
-    unsigned k = tsc_khz();
+    unsigned k = ba_tsc_khz();
     snprintf(append, sizeof append,
              "console=ttyS0 root=/dev/vda rw quiet panic=-1 cryptomgr.notests mitigations=off "
              "audit=0 apparmor=0 security=none no_timer_check tsc=reliable random.trust_cpu=on "
@@ -320,7 +138,7 @@ static double raw_boot(const char *dir)
                           NULL};
     char nspath[128];
     snprintf(nspath, sizeof nspath, "/run/netns/%s", ns.netns);
-    double t0 = now_ms();
+    double t0 = ba_now_ms();
     pid = fork();
     if (pid == 0) {
         int fd = open(nspath, O_RDONLY | O_CLOEXEC);
@@ -332,9 +150,9 @@ static double raw_boot(const char *dir)
         execv(argv[0], argv);
         _exit(127);
     }
-    while (now_ms() - t0 < 60000) {
-        if (health(ns.host_ip)) {
-            ms = now_ms() - t0;
+    while (ba_now_ms() - t0 < 60000) {
+        if (ba_health(ns.host_ip)) {
+            ms = ba_now_ms() - t0;
             break;
         }
         if (waitpid(pid, NULL, WNOHANG) == pid) {
@@ -366,10 +184,10 @@ int main(int argc, char **argv)
         return 0;
     }
     char p[512];
-    snprintf(p, sizeof p, "%s/images/minimal/rootfs.ext4", cache());
+    snprintf(p, sizeof p, "%s/images/minimal/rootfs.ext4", ba_cache());
     if (access(p, R_OK) < 0) {
         printf("agent_bench: no minimal image in %s (run tests/it/agent first); skipped\n",
-               cache());
+               ba_cache());
         return 0;
     }
     int runs = getenv("WRENN_BENCH_RUNS") ? atoi(getenv("WRENN_BENCH_RUNS")) : 10;
@@ -378,9 +196,9 @@ int main(int argc, char **argv)
         return 2;
     httpc_global_init();
     signal(SIGPIPE, SIG_IGN);
-    if (start_agent(argv[1]) < 0) {
+    if (ba_start_agent(argv[1], "agent-bench") < 0) {
         fprintf(stderr, "agent_bench: cannot start %s\n", argv[1]);
-        stop_agent();
+        ba_stop_agent();
         return 1;
     }
     int rc = 1;
@@ -388,11 +206,11 @@ int main(int argc, char **argv)
     char **ids = xcalloc((size_t)rss_n, sizeof *ids);
     /* Warm-up (page cache, first-touch memory of this VM host), not counted. */
     char *id = create();
-    if (!id || !exec_hi(id))
+    if (!id || !ba_exec_hi(id))
         goto out;
-    destroy(id);
+    ba_destroy(id);
     free(id);
-    long rss0 = rss_kib(agent_pid);
+    long rss0 = rss_kib(ba_agent.pid);
 
     /* The raw boots share the agent's network setup (a slot far above the agent's). */
     err_t e = {0};
@@ -406,12 +224,12 @@ int main(int argc, char **argv)
     raw_boot(dir); /* warm-up */
     /* Interleaved, so that load from anything else on the machine hits both alike. */
     for (int i = 0; i < runs; i++) {
-        double t0 = now_ms();
+        double t0 = ba_now_ms();
         id = create();
-        if (!id || !exec_hi(id))
+        if (!id || !ba_exec_hi(id))
             goto out;
-        agent[i] = now_ms() - t0;
-        destroy(id);
+        agent[i] = ba_now_ms() - t0;
+        ba_destroy(id);
         free(id);
         if ((raw[i] = raw_boot(dir)) < 0)
             goto out;
@@ -423,14 +241,14 @@ int main(int argc, char **argv)
     for (int i = 0; i < rss_n; i++)
         if (!(ids[i] = create()))
             goto out;
-    long rssn = rss_kib(agent_pid);
+    long rssn = rss_kib(ba_agent.pid);
     for (int i = 0; i < rss_n; i++)
-        destroy(ids[i]);
-    stop_agent();
-    agent_pid = 0;
+        ba_destroy(ids[i]);
+    ba_stop_agent();
+    ba_agent.pid = 0;
 
-    double a50 = pct(agent, runs, 0.5), a95 = pct(agent, runs, 0.95);
-    double r50 = pct(raw, runs, 0.5), r95 = pct(raw, runs, 0.95);
+    double a50 = ba_pct(agent, runs, 0.5), a95 = ba_pct(agent, runs, 0.95);
+    double r50 = ba_pct(raw, runs, 0.5), r95 = ba_pct(raw, runs, 0.95);
     printf("\n%-52s %10s %10s\n", "agent (QEMU microvm, TCG, minimal, 1 vCPU, 256 MiB)", "p50 ms",
            "p95 ms");
     printf("%-52s %10.0f %10.0f\n", "cold CreateSandbox -> first Exec output", a50, a95);
@@ -444,10 +262,10 @@ int main(int argc, char **argv)
 out:
     if (rc != 0) {
         fprintf(stderr, "agent_bench: failed\n");
-        if (agent_pid > 0)
-            show_agent_warnings();
+        if (ba_agent.pid > 0)
+            ba_show_agent_warnings();
     }
-    stop_agent();
+    ba_stop_agent();
     for (int i = 0; i < rss_n; i++)
         free(ids[i]);
     free(ids);

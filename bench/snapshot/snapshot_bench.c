@@ -16,6 +16,7 @@
  *    restores of the same template.
  * Needs root and the images in WRENN_BENCH_IMAGE_CACHE (default /var/cache/wrenn/test-images).
  */
+#include "ba.h"
 #include "buf.h"
 #include "connect.h"
 #include "disk/disk.h"
@@ -43,128 +44,10 @@
 
 extern char **environ;
 
-#define SECRET   "bench-secret-0123456789abcdef"
 #define RAW_SLOT 16000
 #define NCLONES  10
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, int n, double p)
-{
-    if (n <= 0)
-        return -1;
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    int i = (int)(p * (n - 1) + 0.5);
-    return v[i];
-}
-
-static const char *cache(void)
-{
-    const char *c = getenv("WRENN_BENCH_IMAGE_CACHE");
-    return c && *c ? c : "/var/cache/wrenn/test-images";
-}
-
 /* ---- the agent ------------------------------------------------------------------------------ */
-
-static pid_t agent_pid;
-static char agent_url[64];
-static char scratch[256];
-static char root[300];
-
-static int start_agent(const char *bin)
-{
-    snprintf(scratch, sizeof scratch, "/tmp/snapshot-bench-XXXXXX");
-    if (!mkdtemp(scratch))
-        return -1;
-    chmod(scratch, 0755);
-    char p[400], dst[400], port_file[300], log[300];
-    snprintf(root, sizeof root, "%s/root", scratch);
-    mkdir(root, 0755);
-    snprintf(p, sizeof p, "%s/images", cache());
-    snprintf(dst, sizeof dst, "%s/images", root);
-    if (symlink(p, dst) < 0)
-        return -1;
-    snprintf(p, sizeof p, "%s/kernels", cache());
-    snprintf(dst, sizeof dst, "%s/kernels", root);
-    if (symlink(p, dst) < 0)
-        return -1;
-    snprintf(port_file, sizeof port_file, "%s/port", scratch);
-    const char *keep = getenv("WRENN_BENCH_AGENT_LOG");
-    snprintf(log, sizeof log, "%s", keep && *keep ? keep : "");
-    if (!log[0])
-        snprintf(log, sizeof log, "%s/agent.log", scratch);
-    const char *argv[] = {bin,      "--root",      root,   "--listen", "127.0.0.1:0", "--port-file",
-                          port_file, "--secret",   SECRET, "--log-level", "info",     NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int r = posix_spawn(&agent_pid, bin, &fa, NULL, (char *const *)argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (r != 0)
-        return -1;
-    for (int i = 0; i < 1000; i++) {
-        FILE *f = fopen(port_file, "re");
-        int port = 0;
-        if (f) {
-            int ok = fscanf(f, "%d", &port);
-            fclose(f);
-            if (ok == 1 && port > 0) {
-                snprintf(agent_url, sizeof agent_url, "http://127.0.0.1:%d", port);
-                return 0;
-            }
-        }
-        usleep(10000);
-    }
-    return -1;
-}
-
-static void stop_agent(void)
-{
-    if (agent_pid > 0) {
-        kill(agent_pid, SIGTERM);
-        waitpid(agent_pid, NULL, 0);
-    }
-    char *argv[] = {"/bin/rm", "-rf", scratch, NULL};
-    pid_t p;
-    if (scratch[0] && posix_spawn(&p, argv[0], NULL, NULL, argv, environ) == 0)
-        waitpid(p, NULL, 0);
-}
-
-static json_t *call(const char *method, const char *body, long *status)
-{
-    char url[256];
-    snprintf(url, sizeof url, "%s/hostagent.v1.HostAgentService/%s", agent_url, method);
-    const char *h[] = {"Content-Type: application/json", "Authorization: Bearer " SECRET, NULL};
-    httpc_t *c = httpc_new();
-    httpc_resp_t r;
-    httpc_resp_init(&r);
-    httpc_req_t q = {.method = "POST",
-                     .url = url,
-                     .headers = h,
-                     .body = body,
-                     .body_len = strlen(body),
-                     .timeout_ms = 300000};
-    json_t *j = NULL;
-    *status = -1;
-    if (httpc_do(c, &q, &r, NULL) == 0) {
-        *status = r.status;
-        j = json_loadb(r.body.data ? r.body.data : "", r.body.len, 0, NULL);
-    }
-    httpc_resp_fini(&r);
-    httpc_free(c);
-    return j;
-}
 
 static bool callf(const char *method, json_t **out, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -176,7 +59,7 @@ static bool callf(const char *method, json_t **out, const char *fmt, ...)
     vsnprintf(body, sizeof body, fmt, ap);
     va_end(ap);
     long st;
-    json_t *j = call(method, body, &st);
+    json_t *j = ba_call(method, body, &st);
     if (st != 200) {
         char *d = j ? json_dumps(j, 0) : NULL;
         fprintf(stderr, "snapshot_bench: %s: %ld %s\n", method, st, d ? d : "");
@@ -203,12 +86,12 @@ static char *create(const char *tmpl, unsigned mb)
 static bool sh(const char *id, const char *script)
 {
     json_t *j = NULL;
-    json_t *body = json_pack("{s:s, s:s, s:[s,s], s:i}", "sandboxId", id, "cmd", "/bin/sh",
-                             "args", "-c", script, "timeoutSec", 600);
+    json_t *body = json_pack("{s:s, s:s, s:[s,s], s:i}", "sandboxId", id, "cmd", "/bin/sh", "args",
+                             "-c", script, "timeoutSec", 600);
     char *s = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     long st;
-    j = call("Exec", s, &st);
+    j = ba_call("Exec", s, &st);
     free(s);
     bool ok = st == 200 && json_integer_value(json_object_get(j, "exitCode")) == 0;
     if (!ok) {
@@ -220,46 +103,27 @@ static bool sh(const char *id, const char *script)
     return ok;
 }
 
-static bool exec_hi(const char *id)
-{
-    char body[256];
-    snprintf(body, sizeof body,
-             "{\"sandboxId\":\"%s\",\"cmd\":\"/bin/echo\",\"args\":[\"hi\"],\"timeoutSec\":60}",
-             id);
-    long st;
-    json_t *j = call("Exec", body, &st);
-    bool ok = st == 200 && json_is_string(json_object_get(j, "stdout")) &&
-              strcmp(json_string_value(json_object_get(j, "stdout")), "aGkK") == 0;
-    json_decref(j);
-    return ok;
-}
-
-static void destroy(const char *id)
-{
-    callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", id);
-}
-
 /* ms of PauseSandbox, or -1. */
 static double pause_ms(const char *id)
 {
-    double t0 = now_ms();
-    return callf("PauseSandbox", NULL, "{\"sandboxId\":\"%s\"}", id) ? now_ms() - t0 : -1;
+    double t0 = ba_now_ms();
+    return callf("PauseSandbox", NULL, "{\"sandboxId\":\"%s\"}", id) ? ba_now_ms() - t0 : -1;
 }
 
 /* ms of ResumeSandbox + first exec output, or -1. */
 static double resume_exec_ms(const char *id)
 {
-    double t0 = now_ms();
-    if (!callf("ResumeSandbox", NULL, "{\"sandboxId\":\"%s\"}", id) || !exec_hi(id))
+    double t0 = ba_now_ms();
+    if (!callf("ResumeSandbox", NULL, "{\"sandboxId\":\"%s\"}", id) || !ba_exec_hi(id))
         return -1;
-    return now_ms() - t0;
+    return ba_now_ms() - t0;
 }
 
 /* Allocated bytes of the newest layer in the sandbox's snapshot. */
 static long long newest_layer_bytes(const char *id)
 {
     char dir[1400], p[1700];
-    snprintf(dir, sizeof dir, "%s/sandboxes/%s/snap", root, id);
+    snprintf(dir, sizeof dir, "%s/sandboxes/%s/snap", ba_agent.root, id);
     DIR *d = opendir(dir);
     long long bytes = -1;
     struct timespec best = {0, 0};
@@ -269,9 +133,9 @@ static long long newest_layer_bytes(const char *id)
             continue;
         snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
         struct stat st;
-        if (stat(p, &st) == 0 && (st.st_mtim.tv_sec > best.tv_sec ||
-                                  (st.st_mtim.tv_sec == best.tv_sec &&
-                                   st.st_mtim.tv_nsec > best.tv_nsec))) {
+        if (stat(p, &st) == 0 &&
+            (st.st_mtim.tv_sec > best.tv_sec ||
+             (st.st_mtim.tv_sec == best.tv_sec && st.st_mtim.tv_nsec > best.tv_nsec))) {
             best = st.st_mtim;
             bytes = (long long)st.st_blocks * 512;
         }
@@ -300,7 +164,7 @@ static long pss_kib(pid_t pid)
 static long sandbox_pss_kib(const char *id)
 {
     char p[1400];
-    snprintf(p, sizeof p, "%s/sandboxes/%s/record.json", root, id);
+    snprintf(p, sizeof p, "%s/sandboxes/%s/record.json", ba_agent.root, id);
     json_t *j = json_load_file(p, 0, NULL);
     long k = 0;
     pid_t pid = (pid_t)json_integer_value(json_object_get(j, "pid"));
@@ -315,35 +179,6 @@ static long sandbox_pss_kib(const char *id)
 
 /* ---- raw QEMU restore ----------------------------------------------------------------------- */
 
-static unsigned tsc_khz(void)
-{
-    FILE *f = fopen("/proc/cpuinfo", "re");
-    char line[256];
-    double mhz = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "cpu MHz", 7) == 0) {
-            mhz = strtod(strchr(line, ':') + 1, NULL);
-            break;
-        }
-    if (f)
-        fclose(f);
-    return (unsigned)(mhz * 1000 + 0.5);
-}
-
-static bool health(const char *host_ip)
-{
-    char url[128];
-    snprintf(url, sizeof url, "http://%s:%d/health", host_ip, NET_ENVD_PORT);
-    httpc_t *c = httpc_new();
-    httpc_resp_t r;
-    httpc_resp_init(&r);
-    httpc_req_t q = {.method = "GET", .url = url, .timeout_ms = 300};
-    bool ok = httpc_do(c, &q, &r, NULL) == 0 && r.status >= 200 && r.status < 300;
-    httpc_resp_fini(&r);
-    httpc_free(c);
-    return ok;
-}
-
 static char ttoken[128]; /* the template guest's access token (template.json) */
 
 /* The first exec straight through the guest's envd (process.Process/Start), as the agent's Exec
@@ -353,8 +188,8 @@ static bool raw_exec_hi(const char *host_ip)
     char url[128], tok[200];
     snprintf(url, sizeof url, "http://%s:%d/process.Process/Start", host_ip, NET_ENVD_PORT);
     snprintf(tok, sizeof tok, "X-Access-Token: %s", ttoken);
-    const char *h[] = {"Content-Type: application/connect+json", "Connect-Protocol-Version: 1",
-                       tok, NULL};
+    const char *h[] = {"Content-Type: application/connect+json", "Connect-Protocol-Version: 1", tok,
+                       NULL};
     const char *json = "{\"process\":{\"cmd\":\"/bin/echo\",\"args\":[\"hi\"]},\"stdin\":false}";
     buf_t body;
     buf_init(&body);
@@ -392,7 +227,7 @@ static unsigned tmem = 256; /* its memory */
 
 static int find_template_files(void)
 {
-    snprintf(tdir, sizeof tdir, "%s/templates/bench/tpl", root);
+    snprintf(tdir, sizeof tdir, "%s/templates/bench/tpl", ba_agent.root);
     DIR *d = opendir(tdir);
     if (!d)
         return -1;
@@ -430,28 +265,28 @@ static int raw_start(raw_vm_t *v, int slot, double *t_launch)
         fprintf(stderr, "snapshot_bench: net_create: %s\n", e.msg);
         return -1;
     }
-    snprintf(v->dir, sizeof v->dir, "%s/raw-%d", scratch, slot);
+    snprintf(v->dir, sizeof v->dir, "%s/raw-%d", ba_agent.scratch, slot);
     mkdir(v->dir, 0700);
     char base[700], overlay[500], kernel[512], initrd[512], con[500], append[1024], qmp[500];
     snprintf(base, sizeof base, "%s/rootfs.ext4", tdir);
     snprintf(overlay, sizeof overlay, "%s/disk.qcow2", v->dir);
-    snprintf(kernel, sizeof kernel, "%s/kernels/current/vmlinux", cache());
-    snprintf(initrd, sizeof initrd, "%s/kernels/current/initramfs.cpio", cache());
+    snprintf(kernel, sizeof kernel, "%s/kernels/current/vmlinux", ba_cache());
+    snprintf(initrd, sizeof initrd, "%s/kernels/current/initramfs.cpio", ba_cache());
     snprintf(con, sizeof con, "file,id=console,path=%s/console.log", v->dir);
     snprintf(qmp, sizeof qmp, "unix:%s/qmp.sock,server=on,wait=off", v->dir);
     if (disk_overlay_create(base, "raw", overlay, &e) < 0) {
         fprintf(stderr, "snapshot_bench: overlay: %s\n", e.msg);
         return -1;
     }
-    unsigned k = tsc_khz();
+    unsigned k = ba_tsc_khz();
     snprintf(append, sizeof append, "console=ttyS0 root=/dev/vda rw tsc_early_khz=%u lpj=%u", k,
              k * 4);
     char drive[700], netdev[96], memobj[1200], msize[32];
     snprintf(drive, sizeof drive, "id=root,file=%s,format=qcow2,if=none,cache=unsafe", overlay);
     snprintf(netdev, sizeof netdev, "tap,id=net0,ifname=%s,script=no,downscript=no,vnet_hdr=on",
              v->ns.tap);
-    snprintf(memobj, sizeof memobj, "memory-backend-file,id=mem,size=%uM,mem-path=%s,share=off,align=2M",
-             tmem, tlayer);
+    snprintf(memobj, sizeof memobj,
+             "memory-backend-file,id=mem,size=%uM,mem-path=%s,share=off,align=2M", tmem, tlayer);
     snprintf(msize, sizeof msize, "%uM", tmem);
     char *const argv[] = {"/usr/bin/qemu-system-x86_64",
                           "-nodefaults",
@@ -498,7 +333,7 @@ static int raw_start(raw_vm_t *v, int slot, double *t_launch)
                           NULL};
     char nspath[128];
     snprintf(nspath, sizeof nspath, "/run/netns/%s", v->ns.netns);
-    *t_launch = now_ms();
+    *t_launch = ba_now_ms();
     pid_t pid = fork();
     if (pid == 0) {
         int fd = open(nspath, O_RDONLY | O_CLOEXEC);
@@ -528,8 +363,8 @@ static int raw_restore(raw_vm_t *v)
     if (!q)
         return -1;
     int fd = open(tstate, O_RDONLY | O_CLOEXEC);
-    json_t *caps = json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", "x-ignore-shared",
-                             "state", 1);
+    json_t *caps =
+        json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", "x-ignore-shared", "state", 1);
     if (fd >= 0 && qmp_execute(q, "migrate-set-capabilities", caps, NULL, 5000, &e) == 0 &&
         qmp_execute_fd(q, "getfd", json_pack("{s:s}", "fdname", "st"), fd, NULL, 5000, &e) == 0 &&
         qmp_execute(q, "migrate-incoming", json_pack("{s:s}", "uri", "fd:st"), NULL, 5000, &e) ==
@@ -568,11 +403,11 @@ static int raw_restore(raw_vm_t *v)
 
 static void raw_wait_health(raw_vm_t *v, double t0)
 {
-    while (now_ms() - t0 < 60000) {
-        if (health(v->ns.host_ip)) {
-            v->ms = now_ms() - t0;
+    while (ba_now_ms() - t0 < 60000) {
+        if (ba_health(v->ns.host_ip)) {
+            v->ms = ba_now_ms() - t0;
             if (raw_exec_hi(v->ns.host_ip))
-                v->exec_ms = now_ms() - t0;
+                v->exec_ms = ba_now_ms() - t0;
             return;
         }
         usleep(2000);
@@ -603,9 +438,9 @@ static double raw_once(void)
     double t0 = 0, t_start = 0, t_rest = 0;
     v.ms = -1;
     if (raw_start(&v, RAW_SLOT, &t0) == 0) {
-        t_start = now_ms();
+        t_start = ba_now_ms();
         if (raw_restore(&v) == 0) {
-            t_rest = now_ms();
+            t_rest = ba_now_ms();
             raw_wait_health(&v, t0);
             if (getenv("WRENN_BENCH_VERBOSE"))
                 fprintf(stderr, "raw: launch+qmp %.0f ms, restore %.0f ms, health %.0f ms\n",
@@ -628,10 +463,10 @@ struct job {
 static void *clone_job(void *ud)
 {
     struct job *j = ud;
-    double t0 = now_ms();
+    double t0 = ba_now_ms();
     char *id = create("tpl", 256);
-    if (id && exec_hi(id))
-        j->ms = now_ms() - t0;
+    if (id && ba_exec_hi(id))
+        j->ms = ba_now_ms() - t0;
     else
         j->ms = -1;
     snprintf(j->id, sizeof j->id, "%s", id ? id : "");
@@ -648,13 +483,14 @@ int main(int argc, char **argv)
     int runs = getenv("WRENN_BENCH_RUNS") ? atoi(getenv("WRENN_BENCH_RUNS")) : 10;
     if (runs < 2)
         runs = 2;
-    if (start_agent(argv[1]) < 0) {
+    if (ba_start_agent(argv[1], "snapshot-bench") < 0) {
         fprintf(stderr, "snapshot_bench: the agent did not start\n");
-        stop_agent();
+        ba_stop_agent();
         return 1;
     }
     /* WRENN_BENCH_ONLY=templates: only the create-from-template rows. */
-    bool only_templates = getenv("WRENN_BENCH_ONLY") && strcmp(getenv("WRENN_BENCH_ONLY"), "templates") == 0;
+    bool only_templates =
+        getenv("WRENN_BENCH_ONLY") && strcmp(getenv("WRENN_BENCH_ONLY"), "templates") == 0;
     int rc = 1;
     double full256[8], diff256[32], res256[32], res1g[16], full1g[4], diff1g[4];
     int nfull256 = 0, ndiff256 = 0, nres256 = 0, nres1g = 0, nfull1g = 0, ndiff1g = 0;
@@ -676,7 +512,7 @@ int main(int argc, char **argv)
         !callf("CreateSnapshot", NULL,
                "{\"sandboxId\":\"%s\",\"name\":\"tpl\",\"teamId\":\"bench\"}", id))
         goto out;
-    destroy(id);
+    ba_destroy(id);
     free(id);
 
     /* 256 MiB: pause/resume cycles; each cycle dirties 4 MiB in the guest. */
@@ -702,7 +538,7 @@ int main(int argc, char **argv)
         res256[nres256++] = r;
     }
     if (id)
-        destroy(id);
+        ba_destroy(id);
     free(id);
     id = NULL;
 
@@ -736,7 +572,7 @@ int main(int argc, char **argv)
             if (i + 1 < cycles && pause_ms(id) < 0)
                 goto out;
         }
-        destroy(id);
+        ba_destroy(id);
         free(id);
         id = NULL;
     }
@@ -747,14 +583,14 @@ int main(int argc, char **argv)
         goto out;
     }
     for (int i = 0; i < runs + 1; i++) {
-        double t0 = now_ms();
+        double t0 = ba_now_ms();
         char *c = create("tpl", 256);
-        if (!c || !exec_hi(c)) {
+        if (!c || !ba_exec_hi(c)) {
             free(c);
             goto out;
         }
-        double ms = now_ms() - t0;
-        destroy(c);
+        double ms = ba_now_ms() - t0;
+        ba_destroy(c);
         free(c);
         double r = raw_once();
         if (r < 0)
@@ -772,12 +608,12 @@ int main(int argc, char **argv)
         struct job jobs[NCLONES];
         pthread_t th[NCLONES];
         memset(jobs, 0, sizeof jobs);
-        double t0 = now_ms();
+        double t0 = ba_now_ms();
         for (int i = 0; i < NCLONES; i++)
             pthread_create(&th[i], NULL, clone_job, &jobs[i]);
         for (int i = 0; i < NCLONES; i++)
             pthread_join(th[i], NULL);
-        conc_wall = now_ms() - t0;
+        conc_wall = ba_now_ms() - t0;
         for (int i = 0; i < NCLONES; i++)
             if (jobs[i].ms > 0)
                 conc[nconc++] = jobs[i].ms;
@@ -787,7 +623,7 @@ int main(int argc, char **argv)
                 ours_pss += sandbox_pss_kib(jobs[i].id);
         for (int i = 0; i < NCLONES; i++)
             if (jobs[i].id[0])
-                destroy(jobs[i].id);
+                ba_destroy(jobs[i].id);
     }
     /* 10 raw restores of the same template at once (networks made first, outside the clock):
      * all QEMUs launched, each fed its state, then each waited for. */
@@ -808,7 +644,7 @@ int main(int argc, char **argv)
             if (rv[i].ms > 0)
                 rconc[nrconc++] = rv[i].ms;
         }
-        rconc_wall = now_ms() - tw;
+        rconc_wall = ba_now_ms() - tw;
     }
     sleep(2);
     for (int i = 0; i < nrv; i++)
@@ -819,40 +655,41 @@ out:
     for (int i = 0; i < nrv; i++)
         raw_stop(&rv[i]);
     if (id)
-        destroy(id);
+        ba_destroy(id);
     free(id);
     callf("DeleteSnapshot", NULL, "{\"name\":\"tpl\",\"teamId\":\"bench\"}");
-    stop_agent();
+    ba_stop_agent();
     double lb[32];
     for (int i = 0; i < nlayer; i++)
         lb[i] = (double)layer_bytes[i] / 1024.0;
-    double r256 = pct(res256, nres256, 0.5), r1g = pct(res1g, nres1g, 0.5);
-    double o50 = pct(ours, nours, 0.5), w50 = pct(raw, nraw, 0.5);
-    double o95 = pct(ours, nours, 0.95), w95 = pct(raw, nraw, 0.95);
+    double r256 = ba_pct(res256, nres256, 0.5), r1g = ba_pct(res1g, nres1g, 0.5);
+    double o50 = ba_pct(ours, nours, 0.5), w50 = ba_pct(raw, nraw, 0.5);
+    double o95 = ba_pct(ours, nours, 0.95), w95 = ba_pct(raw, nraw, 0.95);
     printf("\nbench/snapshot (TCG, minimal image, %d runs)\n", runs);
     printf("| measure | ours | baseline | ratio | target |\n|---|---|---|---|---|\n");
-    printf("| pause 256 MiB, first (full) p50 | %.0f ms | | | |\n", pct(full256, nfull256, 0.5));
+    printf("| pause 256 MiB, first (full) p50 | %.0f ms | | | |\n", ba_pct(full256, nfull256, 0.5));
     printf("| pause 256 MiB, later (diff, 4 MiB dirtied) p50 | %.0f ms | | | |\n",
-           pct(diff256, ndiff256, 0.5));
+           ba_pct(diff256, ndiff256, 0.5));
     printf("| pause 1 GiB, 512 MiB touched, full p50 | %.0f ms | | | <= 300 ms |\n",
-           pct(full1g, nfull1g, 0.5));
+           ba_pct(full1g, nfull1g, 0.5));
     printf("| pause 1 GiB, 512 MiB rewritten, diff p50 | %.0f ms | | | |\n",
-           pct(diff1g, ndiff1g, 0.5));
+           ba_pct(diff1g, ndiff1g, 0.5));
     printf("| disk per pause generation (4 MiB dirtied) p50 | %.0f KiB | | | |\n",
-           pct(lb, nlayer, 0.5));
+           ba_pct(lb, nlayer, 0.5));
     printf("| resume -> first exec, 256 MiB p50 | %.0f ms | | | |\n", r256);
-    printf("| resume -> first exec, 1 GiB p50 | %.0f ms | 256 MiB: %.0f ms | %.2f | <= 1.5 |\n", r1g,
-           r256, r256 > 0 ? r1g / r256 : -1);
+    printf("| resume -> first exec, 1 GiB p50 | %.0f ms | 256 MiB: %.0f ms | %.2f | <= 1.5 |\n",
+           r1g, r256, r256 > 0 ? r1g / r256 : -1);
     printf("| create from template -> first exec p50 | %.0f ms | raw restore -> /health %.0f ms | "
            "%.2f | <= 150 ms, <= 1.25 |\n",
            o50, w50, w50 > 0 ? o50 / w50 : -1);
     printf("| create from template -> first exec p95 | %.0f ms | raw %.0f ms | %.2f | |\n", o95,
            w95, w95 > 0 ? o95 / w95 : -1);
-    double x50 = pct(rawx, nrawx, 0.5), x95 = pct(rawx, nrawx, 0.95);
-    printf("| same, like for like: raw restore -> first exec through envd itself, p50 / p95 | %.0f / "
-           "%.0f ms | %.0f / %.0f ms | %.2f / %.2f | |\n",
-           o50, o95, x50, x95, x50 > 0 ? o50 / x50 : -1, x95 > 0 ? o95 / x95 : -1);
-    double c50 = pct(conc, nconc, 0.5), rc50 = pct(rconc, nrconc, 0.5);
+    double x50 = ba_pct(rawx, nrawx, 0.5), x95 = ba_pct(rawx, nrawx, 0.95);
+    printf(
+        "| same, like for like: raw restore -> first exec through envd itself, p50 / p95 | %.0f / "
+        "%.0f ms | %.0f / %.0f ms | %.2f / %.2f | |\n",
+        o50, o95, x50, x95, x50 > 0 ? o50 / x50 : -1, x95 > 0 ? o95 / x95 : -1);
+    double c50 = ba_pct(conc, nconc, 0.5), rc50 = ba_pct(rconc, nrconc, 0.5);
     printf("| 10 concurrent creates: wall / each p50 | %.0f ms / %.0f ms | raw (launches not "
            "quite at once) %.0f ms / %.0f ms | %.2f | |\n",
            conc_wall, c50, rconc_wall, rc50, rc50 > 0 ? c50 / rc50 : -1);
