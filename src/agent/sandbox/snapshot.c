@@ -46,8 +46,7 @@ extern char **environ;
 #define SNAP_MEMFS_TIMEOUT_MS 15000
 #define SNAP_MAX_FORK         16
 
-void sbx__template_dir(const sbx_mgr_t *m, const char *team, const char *name, char *buf,
-                       size_t n)
+void sbx__template_dir(const sbx_mgr_t *m, const char *team, const char *name, char *buf, size_t n)
 {
     snprintf(buf, n, "%s/%s/%s", m->tmpl_root, team && *team ? team : "_", name);
 }
@@ -102,20 +101,39 @@ static int run_prog(char *const argv[], err_t *e)
     return 0;
 }
 
-/* Remove every "*.state" file in dir but keep_name. */
-static void remove_other_states(const char *dir, const char *keep_name)
+static bool has_suffix(const char *name, const char *suffix)
+{
+    size_t l = strlen(name), sl = strlen(suffix);
+    return l > sl && strcmp(name + l - sl, suffix) == 0;
+}
+
+/* Remove every "*<suffix>" file in dir but keep_name (NULL: none). */
+static void remove_suffixed(const char *dir, const char *suffix, const char *keep_name)
 {
     DIR *d = opendir(dir);
     if (!d)
         return;
     struct dirent *de;
     while ((de = readdir(d))) {
-        size_t l = strlen(de->d_name);
-        if (l > 6 && strcmp(de->d_name + l - 6, ".state") == 0 &&
-            strcmp(de->d_name, keep_name) != 0)
+        if (has_suffix(de->d_name, suffix) && (!keep_name || strcmp(de->d_name, keep_name) != 0))
             unlinkat(dirfd(d), de->d_name, 0);
     }
     closedir(d);
+}
+
+/* The first line of a small file into buf ("" when unreadable). */
+static void read_line(const char *path, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t k = read(fd, buf, n - 1);
+    close(fd);
+    buf[k > 0 ? k : 0] = '\0';
+    char *nl = strchr(buf, '\n');
+    if (nl)
+        *nl = '\0';
 }
 
 static void state_name(const mem_map_t *map, char *buf, size_t n)
@@ -133,8 +151,7 @@ static int link_snapshot(const char *from, const char *to, mem_map_t **map_out, 
     int rc;
     if (mkdir(to, 0700) < 0 && errno != EEXIST)
         return err_errno(e, to);
-    if ((rc = path_in(p1, sizeof p1, from, "mem.hdr")) < 0 ||
-        (rc = mem_map_load(p1, &map, e)) < 0)
+    if ((rc = path_in(p1, sizeof p1, from, "mem.hdr")) < 0 || (rc = mem_map_load(p1, &map, e)) < 0)
         return rc;
     state_name(map, sname, sizeof sname);
     if ((rc = mem_link_layers(map, from, to, e)) < 0)
@@ -161,16 +178,7 @@ out:
 
 static void boot_id(char *out, size_t n)
 {
-    out[0] = '\0';
-    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    ssize_t k = read(fd, out, n - 1);
-    close(fd);
-    out[k > 0 ? k : 0] = '\0';
-    char *nl = strchr(out, '\n');
-    if (nl)
-        *nl = '\0';
+    read_line("/proc/sys/kernel/random/boot_id", out, n);
 }
 
 typedef struct sync_job {
@@ -239,17 +247,11 @@ int sbx__snapshot_check(const char *dir, err_t *e)
     bool pending = false;
     struct dirent *de;
     while ((de = readdir(d))) {
-        size_t l = strlen(de->d_name);
-        if (l < 10 || strcmp(de->d_name + l - 9, ".unsynced") != 0)
+        if (!has_suffix(de->d_name, ".unsynced"))
             continue;
         snprintf(p, sizeof p, "%s/%s", snap, de->d_name);
-        char got[64] = "";
-        int fd = open(p, O_RDONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            ssize_t k = read(fd, got, sizeof got - 1);
-            got[k > 0 ? k : 0] = '\0';
-            close(fd);
-        }
+        char got[64];
+        read_line(p, got, sizeof got);
         if (strcmp(got, bid) != 0)
             rc = err_set(e, -EUCLEAN, "its snapshot was not on disk yet when the host went down");
         pending = true;
@@ -259,16 +261,8 @@ int sbx__snapshot_check(const char *dir, err_t *e)
         /* Same boot: the data is in the page cache; finish the sync now. */
         mem_map_t *map = NULL;
         path_in(p, sizeof p, snap, "mem.hdr");
-        if ((rc = mem_map_load(p, &map, e)) == 0 && (rc = mem_sync_layers(map, snap, e)) == 0) {
-            d = opendir(snap);
-            while (d && (de = readdir(d))) {
-                size_t l = strlen(de->d_name);
-                if (l >= 10 && strcmp(de->d_name + l - 9, ".unsynced") == 0)
-                    unlinkat(dirfd(d), de->d_name, 0);
-            }
-            if (d)
-                closedir(d);
-        }
+        if ((rc = mem_map_load(p, &map, e)) == 0 && (rc = mem_sync_layers(map, snap, e)) == 0)
+            remove_suffixed(snap, ".unsynced", NULL);
         mem_map_free(map);
     }
     return rc;
@@ -405,7 +399,7 @@ static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, err_t *e)
         goto out;
     /* Committed. What the new map no longer needs goes; the data goes to disk meanwhile. */
     sync_later(snap, map);
-    remove_other_states(snap, sname);
+    remove_suffixed(snap, ".state", sname);
     const mem_map_t *keep[1] = {map};
     err_t ge = {0};
     if (mem_gc(snap, keep, 1, &ge) < 0)
@@ -468,8 +462,7 @@ static void *net_job_main(void *ud)
 /* Start s's VM from the snapshot in <dir>/snap, in its (already created) network, and init its
  * guest: old_token is what the guest holds (NULL: s->token). On failure nothing of the VM or
  * memfs is left; snap/ is untouched. */
-static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *env_vars,
-                   err_t *e)
+static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *env_vars, err_t *e)
 {
     int64_t t0 = sbx__mono_ms();
     char snap[PATH_MAX], hdr[PATH_MAX], p[PATH_MAX], upper[PATH_MAX], bitmap[PATH_MAX],
@@ -611,8 +604,8 @@ static void net_down(sbx_mgr_t *m, sbx_t *s)
     if (s->net_up) {
         err_t e = {0};
         if (net_destroy(s->slot, &e) < 0)
-            log_warn("sandbox.net_destroy_failed", "sandbox=%s slot=%d err=\"%s\"", s->id,
-                     s->slot, e.msg);
+            log_warn("sandbox.net_destroy_failed", "sandbox=%s slot=%d err=\"%s\"", s->id, s->slot,
+                     e.msg);
         s->net_up = false;
     }
     sbx__release_slot(m, s);
@@ -703,7 +696,8 @@ out:
     return rc;
 }
 
-/* ---- clones: from a template, or forks -------------------------------------------------------- */
+/* ---- clones: from a template, or forks --------------------------------------------------------
+ */
 
 typedef struct clone_src {
     const char *snap;    /* directory with mem.hdr, layers, the state */
@@ -763,8 +757,17 @@ static int make_clone(sbx_mgr_t *m, const clone_src_t *src, const char *id, int6
     if (src->overlay) {
         if ((rc = fsutil_copy_file(src->overlay, overlay, e)) < 0)
             goto fail;
-        char *rebase[] = {"/usr/bin/qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b",
-                          base, overlay, NULL};
+        char *rebase[] = {"/usr/bin/qemu-img",
+                          "rebase",
+                          "-u",
+                          "-f",
+                          "qcow2",
+                          "-F",
+                          "raw",
+                          "-b",
+                          base,
+                          overlay,
+                          NULL};
         if ((rc = run_prog(rebase, e)) < 0)
             goto fail;
     } else if ((rc = sbx_disk_overlay(base, overlay, 0, 0, e)) < 0) {
@@ -901,10 +904,10 @@ int sbx_snapshot_create(sbx_mgr_t *m, const char *id, const char *team, const ch
         goto out;
     }
     chmod(q, 0444);
-    json_t *meta = json_pack("{s:i, s:s, s:s, s:i, s:i, s:s, s:I}", "version", 1, "source", s->id,
-                             "accessToken", s->token, "vcpus", (int)s->vcpus, "memoryMb",
-                             (int)s->memory_mb, "team", team ? team : "", "createdAt",
-                             (json_int_t)sbx__now_s());
+    json_t *meta =
+        json_pack("{s:i, s:s, s:s, s:i, s:i, s:s, s:I}", "version", 1, "source", s->id,
+                  "accessToken", s->token, "vcpus", (int)s->vcpus, "memoryMb", (int)s->memory_mb,
+                  "team", team ? team : "", "createdAt", (json_int_t)sbx__now_s());
     buf_t b;
     buf_init(&b);
     pjson_dump(meta, &b);
