@@ -94,8 +94,9 @@ static void drop_mount(const char *mount)
 
 int memfs_spawn(const memfs_opts_t *o, int timeout_ms, pid_t *pid, err_t *e)
 {
-    if (!o || !o->map || !o->layers || !o->upper || !o->bitmap || !o->mount || !pid)
-        return err_set(e, -EINVAL, "memfs: map, layers, upper, bitmap and mount are required");
+    if (!o || !o->map || !o->layers || !o->mount || !pid || !o->upper != !o->bitmap)
+        return err_set(e, -EINVAL,
+                       "memfs: map, layers and mount are required, upper and bitmap go together");
     int fuse = is_fuse_mount(o->mount);
     if (fuse < 0)
         return err_set(e, fuse, "memfs mount point %s: %s", o->mount, strerror(-fuse));
@@ -137,12 +138,13 @@ int memfs_spawn(const memfs_opts_t *o, int timeout_ms, pid_t *pid, err_t *e)
     char *argv[] = {"wrenn-agent", "memfs",
                     "--map",       (char *)o->map,
                     "--layers",    (char *)o->layers,
-                    "--upper",     (char *)o->upper,
-                    "--bitmap",    (char *)o->bitmap,
                     "--mount",     (char *)o->mount,
                     "--uid",       uid,
                     "--gid",       gid,
                     "--ready-fd",  "3",
+                    /* read-only when there is no upper */
+                    o->upper ? "--upper" : NULL, (char *)o->upper,
+                    "--bitmap",    (char *)o->bitmap,
                     NULL};
     posix_spawn_file_actions_init(&fa);
     fa_init = true;

@@ -23,7 +23,8 @@
 typedef struct memfs_opts {
     const char *map;    /* the parent map (mem.hdr) */
     const char *layers; /* directory holding the parent's layers */
-    const char *upper;  /* upper file: created (0600) when missing */
+    const char *upper;  /* upper file: created (0600) when missing; NULL (with bitmap NULL):
+                         * read-only, see below */
     const char *bitmap; /* dirty bitmap file: created when missing, one bit per block */
     const char *mount;  /* existing empty directory; the file appears as <mount>/mem */
     uid_t uid;          /* owner of <mount>/mem (the VM's uid) */

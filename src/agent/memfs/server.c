@@ -80,6 +80,8 @@ static uint64_t mono_ns(void)
 
 static bool bit_get(const memfs_t *fs, uint64_t b)
 {
+    if (!fs->dirty) /* read-only: nothing is ever written */
+        return false;
     return (__atomic_load_n(&fs->dirty[b >> 3], __ATOMIC_ACQUIRE) >> (b & 7)) & 1;
 }
 
@@ -103,6 +105,8 @@ static uint64_t run_of(const memfs_t *fs, uint64_t b, uint64_t end, bool dirty)
 {
     uint64_t i = b;
     uint8_t full = dirty ? 0xff : 0;
+    if (!fs->dirty)
+        return dirty ? 0 : end - b;
     while (i < end) {
         if ((i & 7) == 0 && i + 8 <= end &&
             __atomic_load_n(&fs->dirty[i >> 3], __ATOMIC_ACQUIRE) == full) {
@@ -194,7 +198,10 @@ static void fill_attr(const memfs_t *fs, fuse_ino_t ino, struct stat *st)
         st->st_mode = S_IFDIR | 0755;
         st->st_nlink = 2;
     } else {
-        st->st_mode = S_IFREG | 0600;
+        /* Read-only, the file may be shared by the VMs of several uids (each reaches it only
+         * through its own private root); they must open it read-write (QEMU does), but every
+         * write is refused here. */
+        st->st_mode = S_IFREG | (fs->upper_fd < 0 ? 0666 : 0600);
         st->st_nlink = 1;
         st->st_uid = fs->uid;
         st->st_gid = fs->gid;
@@ -284,6 +291,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
     /* Nobody else changes the content: cached pages stay valid across opens. */
     fi->keep_cache = 1;
+    /* Read-only: no shared mapping of the file (the kernel refuses MAP_SHARED with direct I/O),
+     * so no opener can put a changed page into the page cache other VMs map privately; write()
+     * comes here and is refused. */
+    memfs_t *fs = fuse_req_userdata(req);
+    if (fs->upper_fd < 0)
+        fi->direct_io = 1;
     fuse_reply_open(req, fi);
 }
 
@@ -381,6 +394,11 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         fuse_reply_err(req, EISDIR);
         return;
     }
+    if (fs->upper_fd < 0) {
+        log_info("memfs.refused", "op=write");
+        fuse_reply_err(req, EROFS);
+        return;
+    }
     if (size == 0) {
         fuse_reply_write(req, 0);
         return;
@@ -414,7 +432,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
     (void)fi;
     memfs_t *fs = fuse_req_userdata(req);
     uint64_t t0 = mono_ns();
-    int rc = sync_all(fs, datasync != 0);
+    int rc = fs->upper_fd < 0 ? 0 : sync_all(fs, datasync != 0);
     atomic_fetch_add_explicit(&fs->n_fsync, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&fs->ns_fsync, mono_ns() - t0, memory_order_relaxed);
     if (rc < 0)
@@ -731,16 +749,18 @@ static int memfs_open(memfs_t *fs, const memfs_opts_t *o, err_t *e)
                      o->map, fs->size, MEM_BLOCK_SIZE);
         goto out;
     }
-    rc = open_upper(o->upper, fs->size, e);
-    if (rc < 0) {
-        err_wrap(e, "%s", o->upper);
-        goto out;
-    }
-    fs->upper_fd = rc;
-    rc = open_bitmap(fs, o->bitmap, e);
-    if (rc < 0) {
-        err_wrap(e, "%s", o->bitmap);
-        goto out;
+    if (o->upper) {
+        rc = open_upper(o->upper, fs->size, e);
+        if (rc < 0) {
+            err_wrap(e, "%s", o->upper);
+            goto out;
+        }
+        fs->upper_fd = rc;
+        rc = open_bitmap(fs, o->bitmap, e);
+        if (rc < 0) {
+            err_wrap(e, "%s", o->bitmap);
+            goto out;
+        }
     }
     if (stat(o->mount, &st) < 0) {
         rc = err_errno(e, "mount point");
@@ -904,9 +924,10 @@ int memfs_main(int argc, char **argv)
     }
     if (rc == 0 && first < argc)
         rc = err_set(&e, -EINVAL, "unexpected argument %s", argv[first]);
-    if (rc == 0 && (!o.map || !o.layers || !o.upper || !o.bitmap || !o.mount || uid < 0 || gid < 0))
+    if (rc == 0 && (!o.map || !o.layers || !o.mount || uid < 0 || gid < 0 || !o.upper != !o.bitmap))
         rc = err_set(&e, -EINVAL,
-                     "--map, --layers, --upper, --bitmap, --mount, --uid and --gid are required");
+                     "--map, --layers, --mount, --uid and --gid are required, --upper and --bitmap "
+                     "go together");
     int lvl = rc == 0 ? log_parse_level(level) : 0;
     if (lvl < 0)
         rc = err_set(&e, -EINVAL, "bad --log-level %s", level);

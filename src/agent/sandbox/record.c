@@ -41,6 +41,7 @@ int sbx__record_write(const sbx_t *s, bool sync, err_t *e)
     json_object_set_new(j, "team", json_string(s->team));
     json_object_set_new(j, "restored", json_boolean(s->restored));
     json_object_set_new(j, "autoPause", json_boolean(s->auto_pause));
+    json_object_set_new(j, "memfsKey", json_string(s->memfs_key));
     json_object_set_new(j, "memfsPid", json_integer(s->memfs_pid));
     json_object_set_new(j, "memfsStart", json_integer((json_int_t)s->memfs_start));
     buf_t b;
@@ -100,6 +101,10 @@ int sbx__record_load(const char *dir, sbx_t *s, vmm_state_t *st, err_t *e)
     snprintf(s->team, sizeof s->team, "%s", team ? team : "");
     s->restored = json_is_true(json_object_get(j, "restored"));
     s->auto_pause = json_is_true(json_object_get(j, "autoPause"));
+    const char *key = json_string_value(json_object_get(j, "memfsKey"));
+    mem_id_t kid;
+    if (key && *key && strlen(key) == 32 && mem_id_parse(key, &kid) == 0)
+        snprintf(s->memfs_key, sizeof s->memfs_key, "%s", key);
     s->memfs_pid = (pid_t)json_integer_value(json_object_get(j, "memfsPid"));
     s->memfs_start = (uint64_t)json_integer_value(json_object_get(j, "memfsStart"));
     if (!paused)

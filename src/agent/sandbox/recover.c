@@ -99,8 +99,10 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
         sbx__unref(m, s);
         return;
     }
-    if (rc == 0 && s->restored &&
-        (s->memfs_pid <= 0 || procfs_start_time(s->memfs_pid) != s->memfs_start))
+    if (rc == 0 && s->restored && s->memfs_key[0])
+        rc = sbx__mshare_adopt(m, s, &e);
+    else if (rc == 0 && s->restored &&
+             (s->memfs_pid <= 0 || procfs_start_time(s->memfs_pid) != s->memfs_start))
         rc = err_set(&e, -ESRCH, "the memfs server of its RAM is gone");
     if (rc == 0) {
         vmm_spec_t spec;
@@ -117,6 +119,8 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
         }
         if (rc < 0)
             vmm_qemu_cleanup(&spec, NULL);
+        if (rc < 0 && s->memfs_key[0])
+            sbx__mshare_release(m, s);
     }
     if (rc == 0) {
         s->net_up = true;
@@ -137,7 +141,7 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
         net_destroy(s->slot, &ne);
     }
     if (s->restored)
-        sbx__memfs_down(s);
+        sbx__memfs_down(m, s);
     /* A memfs mount with no (readable) record to say so would keep the directory. */
     char mnt[600];
     snprintf(mnt, sizeof mnt, "%s/memfs", dir);
@@ -206,6 +210,7 @@ int sbx__recover(sbx_mgr_t *m, err_t *e)
         names[n++] = xstrdup(de->d_name);
     }
     closedir(d);
+    sbx__mshare_load(m);
     for (size_t i = 0; i < n; i++) {
         char path[600];
         struct stat sb;
@@ -225,6 +230,7 @@ int sbx__recover(sbx_mgr_t *m, err_t *e)
 
     reap_stray_vms(m);
     reap_stray_mounts(m);
+    sbx__mshare_prune(m);
     int keep[NET_MAX_SLOTS > 4096 ? 4096 : NET_MAX_SLOTS];
     int nkeep = 0;
     for (size_t i = 0; i < m->ntab && nkeep < (int)(sizeof keep / sizeof keep[0]); i++)

@@ -193,7 +193,11 @@ void sbx__spec(sbx_mgr_t *m, sbx_t *s, vmm_spec_t *spec, char *kernel, char *ini
     spec->gid = s->gid;
     spec->cgroup = cgroup;
     if (s->restored) {
-        snprintf(s->mem_path, sizeof s->mem_path, "%s/memfs/mem", s->dir);
+        if (s->memfs_key[0]) {
+            sbx__mshare_mem_path(m, s->memfs_key, s->mem_path, sizeof s->mem_path);
+            spec->mem_private = true; /* over memfs's read-only file */
+        } else /* an older agent's memfs, written through */
+            snprintf(s->mem_path, sizeof s->mem_path, "%s/memfs/mem", s->dir);
         spec->mem_path = s->mem_path;
     }
 }
@@ -250,7 +254,7 @@ void sbx__teardown(sbx_mgr_t *m, sbx_t *s, bool remove_files)
         s->vm = NULL;
     }
     if (s->memfs_pid > 0 || s->restored)
-        sbx__memfs_down(s);
+        sbx__memfs_down(m, s);
     if (s->net_up) {
         err_clear(&e);
         if (net_destroy(s->slot, &e) < 0)
@@ -635,6 +639,7 @@ int sbx_mgr_new(const sbx_mgr_cfg_t *cfg, sbx_mgr_t **out, err_t *e)
     m->guest_port = cfg->guest_port > 0 ? cfg->guest_port : NET_ENVD_PORT;
     m->slots = xcalloc(NET_MAX_SLOTS + 1, 1);
     pthread_mutex_init(&m->lock, NULL);
+    pthread_mutex_init(&m->ms_lock, NULL);
     pthread_mutex_init(&m->stop_lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -715,6 +720,8 @@ void sbx_mgr_free(sbx_mgr_t *m)
         free(m->auto_paused[i]);
     free(m->auto_paused);
     pthread_mutex_destroy(&m->lock);
+    pthread_mutex_destroy(&m->ms_lock);
+    free(m->ms);
     pthread_mutex_destroy(&m->stop_lock);
     pthread_cond_destroy(&m->stop_cond);
     free(m);

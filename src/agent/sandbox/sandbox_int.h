@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <sys/types.h>
 
+#include "mem/mem.h"
 #include "net/net.h"
 #include "sandbox.h"
 #include "vmm/vmm.h"
@@ -32,10 +33,12 @@ typedef struct sbx {
     uid_t uid;
     gid_t gid;
     char team[72];     /* owner of the snapshot templates it makes ("" = none given) */
-    bool restored;     /* RAM is <dir>/memfs/mem over the snapshot in <dir>/snap (else <dir>/mem) */
-    pid_t memfs_pid;   /* the memfs process serving that RAM file, 0: none */
+    bool restored; /* RAM is a private mapping of a memfs file over the snapshot in <dir>/snap
+                    * (else the shared file <dir>/mem) */
+    char memfs_key[33];   /* restored: the shared memfs instance it maps (memshare.c) */
+    pid_t memfs_pid;      /* an older agent's memfs of <dir>/memfs only (restored, no key) */
     uint64_t memfs_start; /* its start time, to detect pid reuse */
-    char mem_path[560];   /* <dir>/memfs/mem when restored */
+    char mem_path[560];   /* the RAM file when restored */
     bool auto_pause;      /* the TTL pauses it instead of destroying it */
 } sbx_t;
 
@@ -56,6 +59,10 @@ struct sbx_mgr {
     char **auto_paused;  /* ids the reaper paused, until ListSandboxes takes them (table lock) */
     size_t nauto_paused;
     unsigned max_layers; /* memory layers a snapshot may have before they are merged */
+
+    pthread_mutex_t ms_lock; /* shared memfs instances (memshare.c) */
+    struct sbx_mshare *ms;
+    size_t nms;
 
     pthread_t reaper;
     bool reaper_started;
@@ -112,12 +119,26 @@ int sbx__create_from_template(sbx_mgr_t *m, const sbx_create_req_t *req, const c
  * written to disk when the host went down; a sync interrupted by an agent restart alone is
  * finished here. */
 int sbx__snapshot_check(const char *dir, err_t *e);
-/** Stop the memfs server of s (after its VM is gone) and remove its mount point, upper file and
- * bitmap. */
-void sbx__memfs_down(sbx_t *s);
+/** Let go of s's RAM file (after its VM is gone): its shared instance loses a user, or an
+ * older agent's memfs of s is stopped and its files removed. s is no longer restored. */
+void sbx__memfs_down(sbx_mgr_t *m, sbx_t *s);
 
 /** Pause s (locked, running); *gone when it was lost and torn down (the caller removes it). */
 int sbx__pause_locked(sbx_mgr_t *m, sbx_t *s, bool *gone, err_t *e);
+
+/* memshare.c: one read-only memfs per snapshot map, shared by the VMs restored from it */
+/** Make s a user of the instance for map (whose layers are in snap), starting it when there is
+ * none: sets s->memfs_key and s->mem_path. */
+int sbx__mshare_acquire(sbx_mgr_t *m, sbx_t *s, const char *snap, const mem_map_t *map, err_t *e);
+/** s no longer maps its instance (NULL-key safe); the last user stops it. */
+void sbx__mshare_release(sbx_mgr_t *m, sbx_t *s);
+/** The RAM file of instance key. */
+void sbx__mshare_mem_path(const sbx_mgr_t *m, const char *key, char *buf, size_t n);
+/** Recovery: read the instances on disk (before adopting), count an adopted sandbox as a user
+ * of its instance (-ESRCH when its server is gone), then stop what has no user. */
+void sbx__mshare_load(sbx_mgr_t *m);
+int sbx__mshare_adopt(sbx_mgr_t *m, sbx_t *s, err_t *e);
+void sbx__mshare_prune(sbx_mgr_t *m);
 
 /* recover.c */
 /** Re-adopt or clean up recorded sandboxes, then reap leftovers nobody owns. */

@@ -270,8 +270,13 @@ int sbx__snapshot_check(const char *dir, err_t *e)
 
 /* ---- memfs ---------------------------------------------------------------------------------- */
 
-void sbx__memfs_down(sbx_t *s)
+void sbx__memfs_down(sbx_mgr_t *m, sbx_t *s)
 {
+    if (s->memfs_key[0]) {
+        sbx__mshare_release(m, s);
+        s->restored = false;
+        return;
+    }
     char mnt[PATH_MAX], p[PATH_MAX];
     snprintf(mnt, sizeof mnt, "%s/memfs", s->dir);
     err_t e = {0};
@@ -287,36 +292,35 @@ void sbx__memfs_down(sbx_t *s)
     s->restored = false;
 }
 
-/* Read the dirty bitmap of a map of nblocks blocks (a short file reads as zero bits). */
-static uint8_t *load_bitmap(const char *path, uint64_t nblocks, err_t *e)
+/* A restored VM's RAM is a private mapping of its memfs file: copy what the guest wrote since
+ * the resume out of its (stopped) VMM into <dir>/upper.mem, a sparse file at guest offsets,
+ * and *bits gets those blocks (MEM_BLOCK_SIZE is the host page size). */
+static int capture(sbx_t *s, uint64_t size, uint8_t **bits, err_t *e)
 {
-    size_t len = (size_t)((nblocks + 7) / 8);
-    uint8_t *bits = xcalloc(len ? len : 1, 1);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return bits;
-        err_errno(e, path);
-        free(bits);
-        return NULL;
-    }
-    size_t off = 0;
-    while (off < len) {
-        ssize_t r = pread(fd, bits + off, len - off, (off_t)off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            err_errno(e, path);
-            close(fd);
-            free(bits);
-            return NULL;
-        }
-        if (r == 0)
-            break;
-        off += (size_t)r;
+    char p[PATH_MAX];
+    path_in(p, sizeof p, s->dir, "upper.mem");
+    int fd = open(p, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return err_errno(e, "create upper.mem");
+    int rc = 0;
+    *bits = xcalloc((size_t)(size / MEM_BLOCK_SIZE + 7) / 8 + 1, 1);
+    if (ftruncate(fd, (off_t)size) < 0)
+        rc = err_errno(e, "size upper.mem");
+    else if (sysconf(_SC_PAGESIZE) != MEM_BLOCK_SIZE)
+        rc = err_set(e, -EINVAL, "host page size %ld is not the memory block size %u",
+                     sysconf(_SC_PAGESIZE), MEM_BLOCK_SIZE);
+    else {
+        int64_t n = vmm_ram_capture(s->vm, fd, *bits, e);
+        if (n < 0)
+            rc = (int)n;
     }
     close(fd);
-    return bits;
+    if (rc < 0) {
+        unlink(p);
+        free(*bits);
+        *bits = NULL;
+    }
+    return rc;
 }
 
 /* ---- checkpoint and restore ---------------------------------------------------------------- */
@@ -336,10 +340,12 @@ static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, err_t *e)
     if (mkdir(snap, 0700) < 0 && errno != EEXIST)
         return err_errno(e, snap);
     path_in(tmp, sizeof tmp, snap, "state.tmp");
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         return err_errno(e, tmp);
-    if ((rc = vmm_save(s->vm, fd, SNAP_SAVE_TIMEOUT_MS, e)) < 0 || fsync(fd) < 0) {
+    uint64_t size = (uint64_t)s->memory_mb << 20;
+    if ((rc = vmm_save(s->vm, fd, SNAP_SAVE_TIMEOUT_MS, e)) < 0 || fsync(fd) < 0 ||
+        (s->restored && (rc = capture(s, size, &bits, e)) < 0)) {
         if (rc == 0)
             rc = err_errno(e, "fsync state");
         close(fd);
@@ -358,30 +364,16 @@ static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, err_t *e)
     *lost = true; /* from here on, failing loses the running state */
     int64_t t_stop = sbx__mono_ms();
 
-    uint64_t size = (uint64_t)s->memory_mb << 20;
     if (s->restored) {
-        char mnt[PATH_MAX];
-        path_in(mnt, sizeof mnt, s->dir, "memfs");
-        if ((rc = memfs_stop(mnt, s->memfs_pid, SNAP_MEMFS_TIMEOUT_MS, e)) < 0)
-            goto out;
-        rmdir(mnt);
-        s->memfs_pid = 0;
+        sbx__memfs_down(m, s);
         path_in(p, sizeof p, snap, "mem.hdr");
         if ((rc = mem_map_load(p, &parent, e)) < 0)
             goto out;
-        path_in(p, sizeof p, s->dir, "dirty.bitmap");
-        if (!(bits = load_bitmap(p, parent->size / parent->block_size, e))) {
-            rc = e ? e->code : -EIO;
-            goto out;
-        }
         path_in(p, sizeof p, s->dir, "upper.mem");
         if ((rc = mem_commit_diff(parent, p, bits, snap, m->max_layers, &map, e)) < 0)
             goto out;
-        path_in(p, sizeof p, s->dir, "dirty.bitmap");
-        unlink(p);
         path_in(p, sizeof p, s->dir, "upper.mem");
         unlink(p);
-        s->restored = false;
     } else {
         path_in(p, sizeof p, s->dir, "mem");
         if ((rc = mem_commit_full(p, size, snap, &map, e)) < 0)
@@ -465,8 +457,7 @@ static void *net_job_main(void *ud)
 static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *env_vars, err_t *e)
 {
     int64_t t0 = sbx__mono_ms();
-    char snap[PATH_MAX], hdr[PATH_MAX], p[PATH_MAX], upper[PATH_MAX], bitmap[PATH_MAX],
-        mnt[PATH_MAX], sname[64];
+    char snap[PATH_MAX], hdr[PATH_MAX], p[PATH_MAX], sname[64];
     mem_map_t *map = NULL;
     mem_reader_t *rd = NULL;
     int rc, fd = -1;
@@ -505,31 +496,16 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
                      "snapshot is unusable: its device state %s: %s", sname, strerror(errno));
         goto out;
     }
-    path_in(upper, sizeof upper, s->dir, "upper.mem");
-    path_in(bitmap, sizeof bitmap, s->dir, "dirty.bitmap");
-    path_in(mnt, sizeof mnt, s->dir, "memfs");
-    unlink(upper);
-    unlink(bitmap);
-    if (mkdir(mnt, 0755) < 0 && errno != EEXIST) {
-        rc = err_errno(e, mnt);
-        goto out;
-    }
-    char mlog[PATH_MAX];
-    path_in(mlog, sizeof mlog, s->dir, "memfs.log");
-    memfs_opts_t mo = {.log = mlog,
-                       .map = hdr,
-                       .layers = snap,
-                       .upper = upper,
-                       .bitmap = bitmap,
-                       .mount = mnt,
-                       .uid = s->uid,
-                       .gid = s->gid,
-                       .ready_fd = -1};
-    if ((rc = memfs_spawn(&mo, SNAP_MEMFS_TIMEOUT_MS, &s->memfs_pid, e)) < 0) {
+    /* What an older agent's memfs left. */
+    path_in(p, sizeof p, s->dir, "upper.mem");
+    unlink(p);
+    path_in(p, sizeof p, s->dir, "dirty.bitmap");
+    unlink(p);
+    /* The RAM file: the read-only memfs of this map, shared with every VM restored from it. */
+    if ((rc = sbx__mshare_acquire(m, s, snap, map, e)) < 0) {
         err_wrap(e, "memfs");
         goto out;
     }
-    s->memfs_start = procfs_start_time(s->memfs_pid);
     s->restored = true;
     int64_t t_memfs = sbx__mono_ms();
 
@@ -590,7 +566,7 @@ out:
             s->vm = NULL;
         }
         if (s->memfs_pid > 0 || s->restored)
-            sbx__memfs_down(s);
+            sbx__memfs_down(m, s);
     }
     if (fd >= 0)
         close(fd);

@@ -41,6 +41,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <grp.h>
@@ -100,7 +101,21 @@ struct vmm_vm {
     bool child; /* ours to reap */
     qmp_t *qmp;
     cg_t cg;
+    bool mem_private;          /* RAM mapped share=off (spec.mem_private) */
+    char mem_path[PATH_MAX];   /* the RAM file */
+    uint64_t mem_bytes;        /* its size */
 };
+
+/* What vmm_save() and vmm_ram_capture() need to know of the VM's RAM. */
+static void vm_set_mem(vmm_vm_t *vm, const vmm_spec_t *spec)
+{
+    vm->mem_private = spec->mem_private;
+    vm->mem_bytes = (uint64_t)spec->memory_mb << 20;
+    if (spec->mem_path)
+        snprintf(vm->mem_path, sizeof vm->mem_path, "%s", spec->mem_path);
+    else
+        snprintf(vm->mem_path, sizeof vm->mem_path, "%s/mem", spec->run_dir);
+}
 
 /* ---- host facts, probed once ---------------------------------------------------------------- */
 
@@ -507,8 +522,8 @@ static void build_argv(const vmm_spec_t *s, const char *exe, const char *cmdline
      * with 2 MiB pages (PMD mappings of large page-cache folios: ext4/xfs on Linux >= 6.16, tmpfs
      * mounted huge=advise). Without it the shared mapping is 4 KiB-aligned and gets 4 KiB pages
      * only, which under TCG cost ~20k extra page faults and 0.5-1 s of a 2 s boot (measured). */
-    sv_addf(a, "memory-backend-file,id=mem,size=%uM,mem-path=%s,share=on,align=%uM", s->memory_mb,
-            mem, QEMU_RAM_ALIGN_MB);
+    sv_addf(a, "memory-backend-file,id=mem,size=%uM,mem-path=%s,share=%s,align=%uM", s->memory_mb,
+            mem, s->mem_private ? "off" : "on", QEMU_RAM_ALIGN_MB);
     sv_addf(a, "-object");
     sv_addf(a, "main-loop,id=main-loop,thread-pool-max=%u", QEMU_POOL_MAX);
     sv_addf(a, "-kernel");
@@ -1066,6 +1081,7 @@ int vmm_qemu_start(const vmm_spec_t *spec, vmm_vm_t **out, err_t *e)
     snprintf(vm->id, sizeof vm->id, "%s", spec->id);
     snprintf(vm->run_dir, sizeof vm->run_dir, "%s", spec->run_dir);
     snprintf(vm->qmp_path, sizeof vm->qmp_path, "%s/qmp.sock", spec->run_dir);
+    vm_set_mem(vm, spec);
 
     char *cmdline = NULL;
     strv_t argv = {0};
@@ -1398,6 +1414,7 @@ int vmm_qemu_adopt(const vmm_spec_t *spec, const vmm_state_t *st, vmm_vm_t **out
     snprintf(vm->id, sizeof vm->id, "%s", spec->id);
     snprintf(vm->run_dir, sizeof vm->run_dir, "%s", spec->run_dir);
     snprintf(vm->qmp_path, sizeof vm->qmp_path, "%s/qmp.sock", spec->run_dir);
+    vm_set_mem(vm, spec);
     vm->pid = st->pid;
     vm->start_time = st->start_time;
     /* The pidfd first: once it is open, the checks below are about the process it pins (if
@@ -1594,6 +1611,91 @@ static int ignore_shared(vmm_vm_t *vm, err_t *e)
     return vmm_qmp(vm, "migrate-set-capabilities", caps, NULL, QMP_CALL_TIMEOUT_MS, e);
 }
 
+/* The fd set QEMU gets a device-state file in (add-fd), for xen-save-devices-state. */
+#define STATE_FDSET 7
+/* QEMU's stream markers (migration/savevm.c) and the machine every VM here is. */
+#define QEMU_VM_CONFIGURATION  0x07
+#define QEMU_VM_VMDESCRIPTION  0x06
+#define QEMU_STREAM_HEADER_LEN 8 /* magic "QEVM" + version */
+#define QEMU_MACHINE           "microvm"
+
+/* Turn what xen-save-devices-state wrote into fd (all device sections, no RAM section, no
+ * configuration section) into a stream migrate-incoming loads: QEMU's loader insists on the
+ * configuration section (machine name; no capabilities, since none was set on the saving side)
+ * right after the header, and looks for a VM description after the end marker. */
+static int fix_device_stream(int fd, err_t *e)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return err_errno(e, "vmm: save: stat state");
+    if (st.st_size < QEMU_STREAM_HEADER_LEN + 1 || st.st_size > (64 << 20))
+        return err_set(e, -EIO, "vmm: save: QEMU wrote %jd bytes of device state",
+                       (intmax_t)st.st_size);
+    size_t len = (size_t)st.st_size;
+    static const char name[] = QEMU_MACHINE, desc[] = "{}";
+    size_t cfg_len = 1 + 4 + sizeof name - 1, desc_len = 1 + 4 + sizeof desc - 1;
+    uint8_t *buf = xmalloc(len + cfg_len + desc_len);
+    int rc = 0;
+    ssize_t n = pread(fd, buf, len, 0);
+    if (n != (ssize_t)len || memcmp(buf, "QEVM", 4) != 0) {
+        rc = n < 0 ? err_errno(e, "vmm: save: read state")
+                   : err_set(e, -EIO, "vmm: save: QEMU's device state has no stream header");
+        goto out;
+    }
+    memmove(buf + QEMU_STREAM_HEADER_LEN + cfg_len, buf + QEMU_STREAM_HEADER_LEN,
+            len - QEMU_STREAM_HEADER_LEN);
+    uint8_t *c = buf + QEMU_STREAM_HEADER_LEN;
+    c[0] = QEMU_VM_CONFIGURATION;
+    uint32_t nl = (uint32_t)(sizeof name - 1);
+    c[1] = (uint8_t)(nl >> 24), c[2] = (uint8_t)(nl >> 16), c[3] = (uint8_t)(nl >> 8),
+    c[4] = (uint8_t)nl;
+    memcpy(c + 5, name, sizeof name - 1);
+    uint8_t *d = buf + len + cfg_len;
+    uint32_t dl = (uint32_t)(sizeof desc - 1);
+    d[0] = QEMU_VM_VMDESCRIPTION;
+    d[1] = (uint8_t)(dl >> 24), d[2] = (uint8_t)(dl >> 16), d[3] = (uint8_t)(dl >> 8),
+    d[4] = (uint8_t)dl;
+    memcpy(d + 5, desc, sizeof desc - 1);
+    size_t total = len + cfg_len + desc_len;
+    if (pwrite(fd, buf, total, 0) != (ssize_t)total)
+        rc = err_errno(e, "vmm: save: write state");
+out:
+    free(buf);
+    return rc;
+}
+
+/* Device state of a VM whose RAM is a private mapping: migration would stream all of RAM, so
+ * QEMU writes its devices only (xen-save-devices-state, which any accelerator has), into a file
+ * description of its own on fd's file, handed over as an fd set (QEMU opens /dev/fdset/N). */
+static int save_devices(vmm_vm_t *vm, int fd, err_t *e)
+{
+    if (ftruncate(fd, 0) < 0)
+        return err_errno(e, "vmm: save: truncate state");
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+    int wfd = open(self, O_WRONLY | O_CLOEXEC);
+    if (wfd < 0)
+        return err_errno(e, "vmm: save: reopen state");
+    int rc = qmp_execute_fd(vm->qmp, "add-fd", json_pack("{s:i}", "fdset-id", STATE_FDSET), wfd,
+                            NULL, QMP_CALL_TIMEOUT_MS, e);
+    close(wfd);
+    for (json_t *ev; vm->qmp && (ev = qmp_take_event(vm->qmp));)
+        json_decref(ev);
+    if (rc < 0)
+        return rc;
+    char path[32];
+    snprintf(path, sizeof path, "/dev/fdset/%d", STATE_FDSET);
+    rc = vmm_qmp(vm, "xen-save-devices-state", json_pack("{s:s, s:b}", "filename", path, "live", 0),
+                 NULL, QMP_CALL_TIMEOUT_MS, e);
+    err_t re = {0};
+    if (vmm_qmp(vm, "remove-fd", json_pack("{s:i}", "fdset-id", STATE_FDSET), NULL,
+                QMP_CALL_TIMEOUT_MS, &re) < 0)
+        log_warn("vmm.remove_fd_failed", "sandbox=%s err=\"%s\"", vm->id, re.msg);
+    if (rc < 0)
+        return rc;
+    return fix_device_stream(fd, e);
+}
+
 int vmm_save(vmm_vm_t *vm, int fd, int timeout_ms, err_t *e)
 {
     int64_t t0 = now_ms(), deadline = t0 + (timeout_ms > 0 ? timeout_ms : 30000);
@@ -1604,6 +1706,15 @@ int vmm_save(vmm_vm_t *vm, int fd, int timeout_ms, err_t *e)
     if (strcmp(st, "running") == 0 && (rc = vmm_pause(vm, e)) < 0)
         return rc;
     int64_t t_stop = now_ms();
+    if (vm->mem_private) {
+        if ((rc = save_devices(vm, fd, e)) < 0) {
+            err_wrap(e, "vmm: save");
+            return rc;
+        }
+        log_info("vmm.saved", "sandbox=%s devices_only=1 stop_ms=%lld dur_ms=%lld", vm->id,
+                 (long long)(t_stop - t0), (long long)(now_ms() - t0));
+        return 0;
+    }
     /* RAM is the shared file: x-ignore-shared leaves it out, so the stream is device state
      * only (tens of KiB). QEMU's default bandwidth cap (32 MiB/s) would still pace it. */
     if ((rc = ignore_shared(vm, e)) < 0 ||
@@ -1626,7 +1737,13 @@ int vmm_restore(vmm_vm_t *vm, int fd, int timeout_ms, err_t *e)
 {
     int64_t t0 = now_ms(), deadline = t0 + (timeout_ms > 0 ? timeout_ms : 30000);
     int rc;
-    if ((rc = ignore_shared(vm, e)) < 0 || (rc = pass_state_fd(vm, fd, e)) < 0 ||
+    /* A stream saved by migration carries the x-ignore-shared capability in its configuration
+     * section, and QEMU loads it only with the same capability set; one of devices only
+     * (save_devices) carries none and must be loaded without. */
+    char head[512];
+    ssize_t hn = pread(fd, head, sizeof head, 0);
+    bool caps = hn > 0 && memmem(head, (size_t)hn, "x-ignore-shared", 15) != NULL;
+    if ((caps && (rc = ignore_shared(vm, e)) < 0) || (rc = pass_state_fd(vm, fd, e)) < 0 ||
         (rc = vmm_qmp(vm, "migrate-incoming", json_pack("{s:s}", "uri", "fd:wrenn-state"), NULL,
                       QMP_CALL_TIMEOUT_MS, e)) < 0 ||
         (rc = wait_migration(vm, deadline, e)) < 0) {
@@ -1651,4 +1768,129 @@ int vmm_restore(vmm_vm_t *vm, int fd, int timeout_ms, err_t *e)
     log_info("vmm.restored", "sandbox=%s load_ms=%lld dur_ms=%lld", vm->id,
              (long long)(t_load - t0), (long long)(now_ms() - t0));
     return 0;
+}
+
+/* ---- RAM of a private mapping ----------------------------------------------------------- */
+
+/* Where the VMM maps its RAM file: the mapping of that inode (same device) exactly as large as
+ * guest memory, from offset 0. */
+static int find_ram_mapping(const vmm_vm_t *vm, uintptr_t *addr, err_t *e)
+{
+    struct stat st;
+    if (stat(vm->mem_path, &st) < 0)
+        return err_errno(e, "vmm: RAM file");
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/maps", (int)vm->pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return err_errno(e, "vmm: maps of the VMM");
+    char line[PATH_MAX + 256];
+    int rc = err_set(e, -ESRCH, "vmm: the VMM does not map its RAM file");
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, off, ino;
+        unsigned maj, mnr;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &lo, &hi, perms, &off, &maj, &mnr, &ino) != 7)
+            continue;
+        if (ino == (unsigned long)st.st_ino && maj == major(st.st_dev) &&
+            mnr == minor(st.st_dev) && off == 0 && hi - lo == vm->mem_bytes) {
+            *addr = (uintptr_t)lo;
+            rc = 0;
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+/* Copy pages [p0, p0 + n) of guest RAM (at remote address base) to out_fd at their offsets. */
+static int copy_pages(pid_t pid, uintptr_t base, uint64_t p0, uint64_t n, int out_fd, char *buf,
+                      size_t buf_pages, size_t page, err_t *e)
+{
+    while (n > 0) {
+        size_t k = n < buf_pages ? (size_t)n : buf_pages;
+        struct iovec local = {buf, k * page};
+        struct iovec remote = {(void *)(base + p0 * page), k * page};
+        ssize_t got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+        if (got != (ssize_t)(k * page))
+            return got < 0 ? err_errno(e, "vmm: read guest RAM")
+                           : err_set(e, -EIO, "vmm: short read of guest RAM");
+        for (size_t done = 0; done < k * page;) {
+            ssize_t w = pwrite(out_fd, buf + done, k * page - done, (off_t)(p0 * page + done));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                return err_errno(e, "vmm: write guest RAM");
+            done += (size_t)w;
+        }
+        p0 += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst) */
+#define PM_PRESENT (1ULL << 63)
+#define PM_SWAPPED (1ULL << 62)
+#define PM_FILE    (1ULL << 61)
+
+int64_t vmm_ram_capture(vmm_vm_t *vm, int out_fd, uint8_t *dirty, err_t *e)
+{
+    if (!vm || !vm->mem_private)
+        return err_set(e, -EINVAL, "vmm: capture: the VM's RAM is not a private mapping");
+    int64_t t0 = now_ms();
+    uintptr_t base;
+    int rc = find_ram_mapping(vm, &base, e);
+    if (rc < 0)
+        return rc;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uint64_t npages = vm->mem_bytes / page;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/pagemap", (int)vm->pid);
+    int pm = open(path, O_RDONLY | O_CLOEXEC);
+    if (pm < 0)
+        return err_errno(e, "vmm: pagemap of the VMM");
+    enum { CHUNK = 16384, BUF_PAGES = 256 };
+    uint64_t *ent = xmalloc(CHUNK * sizeof *ent);
+    char *buf = xmalloc(BUF_PAGES * page);
+    int64_t total = 0;
+    uint64_t run0 = 0, runn = 0; /* the run of changed pages being gathered */
+    for (uint64_t p = 0; p < npages && rc == 0;) {
+        size_t k = npages - p < CHUNK ? (size_t)(npages - p) : CHUNK;
+        ssize_t got = pread(pm, ent, k * sizeof *ent, (off_t)((base / page + p) * sizeof *ent));
+        if (got != (ssize_t)(k * sizeof *ent)) {
+            rc = got < 0 ? err_errno(e, "vmm: read pagemap")
+                         : err_set(e, -EIO, "vmm: short read of pagemap");
+            break;
+        }
+        for (size_t i = 0; i < k && rc == 0; i++) {
+            /* A page the guest wrote is the VMM's own (anonymous) copy, in memory or swapped
+             * out; one it only read is the file's page. */
+            bool changed = (ent[i] & PM_SWAPPED) || ((ent[i] & PM_PRESENT) && !(ent[i] & PM_FILE));
+            uint64_t pg = p + i;
+            if (changed) {
+                dirty[pg >> 3] |= (uint8_t)(1u << (pg & 7));
+                total++;
+                if (runn && run0 + runn == pg) {
+                    runn++;
+                    continue;
+                }
+            }
+            if (runn)
+                rc = copy_pages(vm->pid, base, run0, runn, out_fd, buf, BUF_PAGES, page, e);
+            run0 = pg;
+            runn = changed ? 1 : 0;
+        }
+        p += k;
+    }
+    if (rc == 0 && runn)
+        rc = copy_pages(vm->pid, base, run0, runn, out_fd, buf, BUF_PAGES, page, e);
+    free(buf);
+    free(ent);
+    close(pm);
+    if (rc < 0)
+        return rc;
+    log_info("vmm.ram_captured", "sandbox=%s pages=%lld dur_ms=%lld", vm->id, (long long)total,
+             (long long)(now_ms() - t0));
+    return total;
 }

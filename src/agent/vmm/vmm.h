@@ -86,6 +86,13 @@ typedef struct vmm_spec {
      * Otherwise an existing file of memory_mb MiB that the VM's uid may read and write (a memfs
      * file over a snapshot's layers); the driver neither creates, chowns nor removes it. */
     const char *mem_path;
+    /* Map the RAM file private (share=off) instead of shared: the guest's writes stay in the
+     * VMM's own copy-on-write pages and never reach the file, so many VMs can map one file (a
+     * snapshot's memory) and share its pages in the page cache. The VMM still opens the file
+     * read-write (QEMU 7.2 has no read-only file with writable RAM): the file must refuse
+     * writes itself (memfs in read-only mode does). vmm_save() then saves device state only
+     * and vmm_ram_capture() reads what the guest changed. */
+    bool mem_private;
     /* Start for a restore: QEMU waits in the "inmigrate" state (-incoming defer) until
      * vmm_restore() feeds it a saved device state. Everything else must be as when it was
      * saved (memory size, vCPUs, kernel, devices). */
@@ -148,12 +155,22 @@ int vmm_qmp(vmm_vm_t *vm, const char *cmd, json_t *args, json_t **ret, int timeo
 int vmm_pause(vmm_vm_t *vm, err_t *e);
 int vmm_resume(vmm_vm_t *vm, err_t *e);
 
-/** Save the VM's device state (not its RAM, which is in its shared RAM file) to fd, a file
- * open for writing: stops the vCPUs if running, then migrates with x-ignore-shared, and waits
- * for the migration to complete (up to timeout_ms). The VM stays stopped; the caller then stops
- * it with vmm_stop() or, to go on, vmm_resume(). After success the RAM file holds the memory
- * that matches the state (flush it to disk before relying on it). */
+/** Save the VM's device state (not its RAM) to fd, a regular file open for reading and
+ * writing: stops the vCPUs if running, then, for shared RAM, migrates with x-ignore-shared and
+ * waits for the migration to complete (up to timeout_ms); for private RAM (spec.mem_private)
+ * QEMU writes its devices only (xen-save-devices-state) and the stream is completed to one
+ * vmm_restore() loads. The VM stays stopped; the caller then stops it with vmm_stop() or, to go
+ * on, vmm_resume(). After success a shared RAM file holds the memory that matches the state
+ * (flush it to disk before relying on it); private RAM is read with vmm_ram_capture(). */
 int vmm_save(vmm_vm_t *vm, int fd, int timeout_ms, err_t *e);
+
+/** For a stopped VM with private RAM: every page the guest wrote since the VM started (the
+ * VMM's copy-on-write pages of the RAM mapping, found in /proc/<pid>/pagemap, in memory or
+ * swapped) is copied out of the VMM (process_vm_readv) into out_fd at its guest offset, and its
+ * bit set in dirty (page p: byte p / 8, bit p % 8; host pages of sysconf(_SC_PAGESIZE) bytes,
+ * memory / page bits). Pages the guest only read are the file's and are not copied. Returns
+ * the number of pages copied, or a negative errno with e set (the VM is unchanged then). */
+int64_t vmm_ram_capture(vmm_vm_t *vm, int out_fd, uint8_t *dirty, err_t *e);
 
 /** Restore a VM started with spec.incoming from a state saved by vmm_save() (fd open for
  * reading, at offset 0), over the RAM file the VM was started with, and let it run. Errors:

@@ -530,6 +530,76 @@ static void test_content_and_writes(void **state)
     free(expect);
 }
 
+/* ---- read-only: what several VMs map privately ---------------------------------------------- */
+
+typedef struct ro_arg {
+    const char *path;
+    int step; /* 0: all checks; the writes of one mapper must not show in another's */
+} ro_arg_t;
+
+static int child_ro(void *p)
+{
+    ro_arg_t *a = p;
+    /* QEMU opens its RAM file read-write whatever it does with it. */
+    int fd = open(a->path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "# child: open: %s\n", strerror(errno));
+        return 1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != size || (st.st_mode & 0777) != 0666)
+        return 2;
+    /* No shared writable mapping (it would put changed pages in the page cache every other
+     * mapper reads), no write. */
+    void *sh = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (sh != MAP_FAILED) {
+        fprintf(stderr, "# child: MAP_SHARED was allowed\n");
+        return 3;
+    }
+    char x = 1;
+    if (pwrite(fd, &x, 1, 0) != -1 || errno != EROFS) {
+        fprintf(stderr, "# child: pwrite: %s\n", strerror(errno));
+        return 4;
+    }
+    if (ftruncate(fd, 0) == 0 || fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, BS) == 0)
+        return 5;
+    /* A private mapping reads the layers' content and keeps its writes to itself. */
+    uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED)
+        return 6;
+    madvise(m, size, MADV_HUGEPAGE);
+    for (uint64_t b = 0; b < size / BS; b++)
+        if (memcmp(m + b * BS, want + b * BS, BS) != 0) {
+            fprintf(stderr, "# child: block %" PRIu64 " differs from the map\n", b);
+            return 7;
+        }
+    memset(m, 0xee, 3 * BS);
+    munmap(m, size);
+    close(fd);
+    return 0;
+}
+
+static void test_read_only(void **state)
+{
+    run_t *r = *state;
+    r->o.upper = NULL;
+    r->o.bitmap = NULL;
+    spawn(r);
+    char path[200];
+    snprintf(path, sizeof path, "%s/mem", r->mnt);
+    ro_arg_t a = {.path = path};
+    assert_int_equal(as_nobody(child_ro, &a), 0);
+    /* Twice: the first one's private writes are nowhere to be seen. */
+    assert_int_equal(as_nobody(child_ro, &a), 0);
+    uint8_t *got = malloc(size);
+    assert_int_equal(read_file(path, got, size), (ssize_t)size);
+    assert_memory_equal(got, want, size);
+    free(got);
+    stop(r);
+    struct stat st;
+    assert_int_equal(stat(r->upper, &st), -1);
+}
+
 /* ---- what memfs refuses ---------------------------------------------------------------------- */
 
 static void test_refusals(void **state)
@@ -1036,6 +1106,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_content_and_writes, run_setup, run_teardown),
         cmocka_unit_test_setup_teardown(test_refusals, run_setup, run_teardown),
+        cmocka_unit_test_setup_teardown(test_read_only, run_setup, run_teardown),
         cmocka_unit_test_setup_teardown(test_survives_parent, run_setup, run_teardown),
         cmocka_unit_test_setup_teardown(test_stop_while_mapped, run_setup, run_teardown),
         cmocka_unit_test_setup_teardown(test_refuses_to_start, run_setup, run_teardown),
