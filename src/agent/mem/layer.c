@@ -31,13 +31,29 @@ void mem_set_data_sync(bool on)
     atomic_store(&g_data_sync, on);
 }
 
+bool mem__data_sync_on(void)
+{
+    return atomic_load(&g_data_sync);
+}
+
 static int data_sync(int fd)
 {
     return atomic_load(&g_data_sync) ? fsync(fd) : 0;
 }
 
+/* A directory's entries (renames, links, removals), under the same switch: any fsync makes
+ * ext4 commit its journal and the disk flush its cache, which also waits for every other write
+ * still in flight (hundreds of ms after a large pause). */
+int mem__dir_sync(const char *dir, err_t *e)
+{
+    return atomic_load(&g_data_sync) ? mem__fsync_dir(dir, e) : 0;
+}
+
 int mem_sync_layers(const mem_map_t *m, const char *dir, err_t *e)
 {
+    int drc = mem__fsync_dir(dir, e);
+    if (drc < 0)
+        return drc;
     for (uint32_t i = 0; i < m->nlayers; i++) {
         char path[PATH_MAX];
         if (mem_layer_path(dir, &m->layers[i], path, sizeof path) < 0)
@@ -212,7 +228,7 @@ int mem_commit_full(const char *ram_file, uint64_t size, const char *dir, mem_ma
         rc = err_errno(e, path);
         goto out;
     }
-    rc = mem__fsync_dir(dir, e);
+    rc = mem__dir_sync(dir, e);
     if (rc < 0)
         goto out;
     char hex[33];
@@ -315,7 +331,7 @@ static int merge_write(const mem_extent_t *ext, size_t n, const int *fds, uint64
         if (rc < 0)
             goto out;
         named = false;
-        rc = mem__fsync_dir(dir, e);
+        rc = mem__dir_sync(dir, e);
         if (rc < 0)
             goto out;
     }
@@ -410,8 +426,43 @@ static void overlay(const mem_map_t *parent, const mem__extv_t *top, mem__extv_t
     }
 }
 
+/* Whether block k of fd is data (not a hole), with a cursor over the data extents: *ds, *de
+ * is the data extent found last ([*ds, *de) in bytes; *de == 0 before the first look). */
+static int block_is_data(int fd, uint64_t k, uint64_t bs, off_t *ds, off_t *de)
+{
+    off_t pos = (off_t)(k * bs);
+    if (*de == 0 || pos >= *de || pos < *ds) {
+        off_t d = lseek(fd, pos, SEEK_DATA);
+        if (d < 0)
+            return errno == ENXIO ? 0 : -errno; /* ENXIO: no data from pos on */
+        off_t h = lseek(fd, d, SEEK_HOLE);
+        if (h < 0)
+            return -errno;
+        *ds = d;
+        *de = h;
+    }
+    return pos >= *ds && pos < *de;
+}
+
+static int commit_diff(const mem_map_t *parent, const char *upper, const uint8_t *dirty,
+                       const char *dir, unsigned max_layers, bool holes_are_zero, mem_map_t **out,
+                       err_t *e);
+
 int mem_commit_diff(const mem_map_t *parent, const char *upper, const uint8_t *dirty,
                     const char *dir, unsigned max_layers, mem_map_t **out, err_t *e)
+{
+    return commit_diff(parent, upper, dirty, dir, max_layers, false, out, e);
+}
+
+int mem_commit_diff_sparse(const mem_map_t *parent, const char *upper, const uint8_t *dirty,
+                           const char *dir, unsigned max_layers, mem_map_t **out, err_t *e)
+{
+    return commit_diff(parent, upper, dirty, dir, max_layers, true, out, e);
+}
+
+static int commit_diff(const mem_map_t *parent, const char *upper, const uint8_t *dirty,
+                       const char *dir, unsigned max_layers, bool holes_are_zero, mem_map_t **out,
+                       err_t *e)
 {
     *out = NULL;
     uint64_t t0 = now_ms();
@@ -474,11 +525,27 @@ int mem_commit_diff(const mem_map_t *parent, const char *upper, const uint8_t *d
         goto out;
     }
 
-    /* Classify every dirty block, reading spans of nearby dirty blocks in one pread each. */
+    /* Classify every dirty block, reading spans of nearby dirty blocks in one pread each (or,
+     * when the writer left exactly its zero blocks as holes, from the file's extents). */
     buf = xmalloc(MEM__IO_CHUNK);
     const uint64_t chunk_blocks = MEM__IO_CHUNK / bs;
     uint64_t pfirst = 0, pcount = 0; /* pending hole to punch */
-    for (uint64_t b = next_dirty(dirty, 0, nb); b < nb; b = next_dirty(dirty, b, nb)) {
+    off_t ds = 0, de = 0;
+    if (holes_are_zero)
+        for (uint64_t k = next_dirty(dirty, 0, nb); k < nb; k = next_dirty(dirty, k + 1, nb)) {
+            int d = block_is_data(fd, k, bs, &ds, &de);
+            if (d < 0) {
+                rc = err_set(e, d, "%s: %s", upper, strerror(-d));
+                goto out;
+            }
+            mem__extv_push(&top, k, 1, d ? newl : MEM_ZERO);
+            if (d)
+                ndata++;
+            else
+                nzero++;
+        }
+    for (uint64_t b = holes_are_zero ? nb : next_dirty(dirty, 0, nb); b < nb;
+         b = next_dirty(dirty, b, nb)) {
         uint64_t end = b + 1;
         for (;;) {
             uint64_t lim = end + DIRTY_GAP_BLOCKS < nb ? end + DIRTY_GAP_BLOCKS : nb;
@@ -572,7 +639,7 @@ int mem_commit_diff(const mem_map_t *parent, const char *upper, const uint8_t *d
                 rc = err_errno(e, path);
                 goto out;
             }
-            rc = mem__fsync_dir(dir, e);
+            rc = mem__dir_sync(dir, e);
             if (rc < 0)
                 goto out;
         } else if (unlink(upper) < 0) {
@@ -721,7 +788,7 @@ int mem_link_layers(const mem_map_t *m, const char *from, const char *to, err_t 
         if (rc < 0)
             return rc;
     }
-    return changed ? mem__fsync_dir(to, e) : 0;
+    return changed ? mem__dir_sync(to, e) : 0;
 }
 
 /* ---- gc and accounting ---- */
@@ -779,7 +846,7 @@ int mem_gc(const char *dir, const mem_map_t *const *keep, size_t n, err_t *e)
     if (rc < 0)
         return rc;
     if (removed > 0) {
-        rc = mem__fsync_dir(dir, e);
+        rc = mem__dir_sync(dir, e);
         if (rc < 0)
             return rc;
         log_info("mem.gc", "dir=%s removed=%d", dir, removed);

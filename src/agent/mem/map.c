@@ -487,11 +487,11 @@ int mem_map_save(const mem_map_t *m, const char *path, err_t *e)
     int rc = mem_map_encode(m, &data, &len, e);
     if (rc < 0)
         return rc;
-    rc = fsutil_write_atomic(path, data, len, 0644, true, e);
+    rc = fsutil_write_atomic(path, data, len, 0644, mem__data_sync_on(), e);
     free(data);
     if (rc < 0)
         return rc;
-    return mem__fsync_dir(dir, e);
+    return mem__dir_sync(dir, e);
 }
 
 mem_map_t *mem_map_dup(const mem_map_t *m)

@@ -132,14 +132,24 @@ int mem_commit_full(const char *ram_file, uint64_t size, const char *dir, mem_ma
 int mem_commit_diff(const mem_map_t *parent, const char *upper, const uint8_t *dirty,
                     const char *dir, unsigned max_layers, mem_map_t **out, err_t *e);
 
-/** Whether mem_commit_full/mem_commit_diff/mem_flatten fsync the layer data they write before
- * returning (default: yes). Off, they still rename and fsync directories, so the files are
- * complete for every reader at once, but the data reaches the disk when the kernel writes it
- * back or mem_sync_layers() runs: a caller that turns this off must sync afterwards and must
- * treat a snapshot whose sync did not finish before a host crash as lost. Process-wide. */
+/** As mem_commit_diff, for an upper file whose writer left exactly its all-zero dirty blocks as
+ * holes and wrote every other dirty block: blocks are classified from the file's extents
+ * (SEEK_DATA/SEEK_HOLE) instead of being read, so upper may have been written with O_DIRECT and
+ * never be in the page cache. */
+int mem_commit_diff_sparse(const mem_map_t *parent, const char *upper, const uint8_t *dirty,
+                           const char *dir, unsigned max_layers, mem_map_t **out, err_t *e);
+
+/** Whether mem_commit_full/mem_commit_diff/mem_flatten/mem_link_layers/mem_gc/mem_map_save
+ * fsync what they write (layer data, the header, the directory's entries) before returning
+ * (default: yes). Off, nothing is fsync'd: the files are complete for every reader at once (the
+ * renames are atomic), but they reach the disk when the kernel writes them back or
+ * mem_sync_layers() (and an fsync of the header) runs. A caller that turns this off must sync
+ * afterwards and must treat a snapshot whose sync did not finish before a host crash as lost.
+ * Any fsync waits for every write in flight on this machine (the journal commit flushes the
+ * disk's cache), which is why a pause defers them all. Process-wide. */
 void mem_set_data_sync(bool on);
 
-/** fsync every layer file of m in dir. */
+/** fsync dir (its entries) and every layer file of m in it. */
 int mem_sync_layers(const mem_map_t *m, const char *dir, err_t *e);
 
 /** Write the content m describes (layers in dir) into one new full layer in dir; *out is a

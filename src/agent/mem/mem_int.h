@@ -71,6 +71,10 @@ bool mem__is_zero(const void *p, size_t n);
 
 /** fsync a directory so a rename or link in it is durable. */
 int mem__fsync_dir(const char *dir, err_t *e);
+/** mem__fsync_dir, or nothing while data sync is off (mem_set_data_sync). */
+int mem__dir_sync(const char *dir, err_t *e);
+/** Whether data sync is on (mem_set_data_sync). */
+bool mem__data_sync_on(void);
 
 /** CRC-32 (zlib, IEEE 802.3) of n bytes. */
 uint32_t mem__crc32(const void *p, size_t n);

@@ -135,16 +135,10 @@ int memfs_spawn(const memfs_opts_t *o, int timeout_ms, pid_t *pid, err_t *e)
     char uid[24], gid[24];
     snprintf(uid, sizeof uid, "%u", (unsigned)o->uid);
     snprintf(gid, sizeof gid, "%u", (unsigned)o->gid);
-    char *argv[] = {"wrenn-agent", "memfs",
-                    "--map",       (char *)o->map,
-                    "--layers",    (char *)o->layers,
-                    "--mount",     (char *)o->mount,
-                    "--uid",       uid,
-                    "--gid",       gid,
-                    "--ready-fd",  "3",
+    char *argv[] = {"wrenn-agent", "memfs", "--map", (char *)o->map, "--layers", (char *)o->layers,
+                    "--mount", (char *)o->mount, "--uid", uid, "--gid", gid, "--ready-fd", "3",
                     /* read-only when there is no upper */
-                    o->upper ? "--upper" : NULL, (char *)o->upper,
-                    "--bitmap",    (char *)o->bitmap,
+                    o->upper ? "--upper" : NULL, (char *)o->upper, "--bitmap", (char *)o->bitmap,
                     NULL};
     posix_spawn_file_actions_init(&fa);
     fa_init = true;

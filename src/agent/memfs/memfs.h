@@ -1,16 +1,21 @@
-/* memfs: guest RAM for a VM restored from a snapshot, as one FUSE file QEMU maps share=on.
+/* memfs: guest RAM for a VM restored from a snapshot, as one FUSE file.
  *
- * QEMU 7.2 can skip RAM when it saves a VM only when the RAM is a shared file mapping
- * (x-ignore-shared), so a restored VM's RAM must be a file it may write. memfs presents a map's
- * layered memory (mem.h) as that file without copying it: reads are composed from the layers
- * lazily, block by block, as the guest touches memory; every write (the kernel writing back
- * pages the guest dirtied) goes to a per-sandbox sparse `upper` file and sets the block's bit in
- * a dirty bitmap. At pause the agent flushes the file, unmounts it, and turns upper + bitmap
- * into the next layer (mem_commit_diff): exactly the blocks written since the resume.
+ * memfs presents a map's layered memory (mem.h) as one file without copying it: reads are
+ * composed from the layers lazily, block by block, as the guest touches memory.
+ *
+ * Read-only (opts.upper and opts.bitmap NULL), what the agent uses: VMs map the file private
+ * (vmm.h mem_private), several of them one file, so what they only read is in the page cache
+ * once. The file is 0666 (QEMU opens it read-write; VMs of several uids share it) but nothing
+ * can change it: opens are direct I/O (the kernel then refuses MAP_SHARED), write, fallocate
+ * and truncation are refused.
+ *
+ * Written through (opts.upper and opts.bitmap set): every write (the kernel writing back pages
+ * a shared mapping dirtied) goes to a sparse `upper` file and sets the block's bit in a dirty
+ * bitmap; at pause the file is flushed and unmounted and upper + bitmap become the next layer
+ * (mem_commit_diff). Kept for VMs an older agent started this way.
  *
  * It runs as its own process (`wrenn-agent memfs ...`), so a VM keeps its memory when the agent
  * is restarted or killed; the agent records its pid and re-adopts it. It exits when unmounted.
- * One mount per sandbox: <run_dir>/memfs, holding the single file `mem`.
  */
 #ifndef WRENN_AGENT_MEMFS_H
 #define WRENN_AGENT_MEMFS_H

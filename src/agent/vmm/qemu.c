@@ -29,6 +29,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,9 +102,9 @@ struct vmm_vm {
     bool child; /* ours to reap */
     qmp_t *qmp;
     cg_t cg;
-    bool mem_private;          /* RAM mapped share=off (spec.mem_private) */
-    char mem_path[PATH_MAX];   /* the RAM file */
-    uint64_t mem_bytes;        /* its size */
+    bool mem_private;        /* RAM mapped share=off (spec.mem_private) */
+    char mem_path[PATH_MAX]; /* the RAM file */
+    uint64_t mem_bytes;      /* its size */
 };
 
 /* What vmm_save() and vmm_ram_capture() need to know of the VM's RAM. */
@@ -1606,8 +1607,8 @@ static int pass_state_fd(vmm_vm_t *vm, int fd, err_t *e)
 
 static int ignore_shared(vmm_vm_t *vm, err_t *e)
 {
-    json_t *caps = json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", "x-ignore-shared",
-                             "state", 1);
+    json_t *caps =
+        json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", "x-ignore-shared", "state", 1);
     return vmm_qmp(vm, "migrate-set-capabilities", caps, NULL, QMP_CALL_TIMEOUT_MS, e);
 }
 
@@ -1792,8 +1793,8 @@ static int find_ram_mapping(const vmm_vm_t *vm, uintptr_t *addr, err_t *e)
         char perms[8];
         if (sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &lo, &hi, perms, &off, &maj, &mnr, &ino) != 7)
             continue;
-        if (ino == (unsigned long)st.st_ino && maj == major(st.st_dev) &&
-            mnr == minor(st.st_dev) && off == 0 && hi - lo == vm->mem_bytes) {
+        if (ino == (unsigned long)st.st_ino && maj == major(st.st_dev) && mnr == minor(st.st_dev) &&
+            off == 0 && hi - lo == vm->mem_bytes) {
             *addr = (uintptr_t)lo;
             rc = 0;
             break;
@@ -1803,30 +1804,119 @@ static int find_ram_mapping(const vmm_vm_t *vm, uintptr_t *addr, err_t *e)
     return rc;
 }
 
-/* Copy pages [p0, p0 + n) of guest RAM (at remote address base) to out_fd at their offsets. */
-static int copy_pages(pid_t pid, uintptr_t base, uint64_t p0, uint64_t n, int out_fd, char *buf,
-                      size_t buf_pages, size_t page, err_t *e)
+/* Copying the changed pages out: runs of changed pages cut into chunks of at most CAP_CHUNK
+ * pages, taken by workers (one per CPU, at most 4): each reads its chunk from the VMM
+ * (process_vm_readv) and writes its non-zero pages to the file (zero pages stay holes: the
+ * layer records them as zero). */
+#define CAP_CHUNK 2048u
+
+typedef struct cap_run {
+    uint64_t p0, n;
+} cap_run_t;
+
+typedef struct cap {
+    pid_t pid;
+    uintptr_t base;
+    size_t page;
+    int out_fd;
+    cap_run_t *runs;
+    size_t nruns, caprun;
+    atomic_size_t next;
+    pthread_mutex_t lock; /* first error */
+    int rc;
+    err_t e;
+} cap_t;
+
+static void cap_fail(cap_t *c, int rc, const char *what)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->rc == 0) {
+        c->rc = rc;
+        err_set(&c->e, rc, "vmm: %s: %s", what, strerror(-rc));
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+static bool page_zero(const char *p, size_t len)
+{
+    const uint64_t *w = (const uint64_t *)(const void *)p;
+    for (size_t i = 0; i < len / sizeof *w; i++)
+        if (w[i])
+            return false;
+    return true;
+}
+
+static int write_full(int fd, const char *p, size_t len, off_t off)
+{
+    while (len > 0) {
+        ssize_t w = pwrite(fd, p, len, off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return w < 0 ? -errno : -EIO;
+        p += w;
+        len -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+static void *cap_worker(void *ud)
+{
+    cap_t *c = ud;
+    size_t page = c->page;
+    void *mem = NULL; /* page-aligned: out_fd may be O_DIRECT */
+    if (posix_memalign(&mem, page, CAP_CHUNK * page) != 0) {
+        cap_fail(c, -ENOMEM, "capture buffer");
+        return NULL;
+    }
+    char *buf = mem;
+    for (;;) {
+        size_t i = atomic_fetch_add(&c->next, 1);
+        if (i >= c->nruns || __atomic_load_n(&c->rc, __ATOMIC_RELAXED) != 0)
+            break;
+        cap_run_t r = c->runs[i];
+        struct iovec local = {buf, r.n * page};
+        struct iovec remote = {(void *)(c->base + r.p0 * page), r.n * page};
+        ssize_t got = process_vm_readv(c->pid, &local, 1, &remote, 1, 0);
+        if (got != (ssize_t)(r.n * page)) {
+            cap_fail(c, got < 0 ? -errno : -EIO, "read guest RAM");
+            break;
+        }
+        /* Write each stretch of non-zero pages. */
+        for (uint64_t a = 0; a < r.n;) {
+            if (page_zero(buf + a * page, page)) {
+                a++;
+                continue;
+            }
+            uint64_t b = a + 1;
+            while (b < r.n && !page_zero(buf + b * page, page))
+                b++;
+            int rc =
+                write_full(c->out_fd, buf + a * page, (b - a) * page, (off_t)((r.p0 + a) * page));
+            if (rc < 0) {
+                cap_fail(c, rc, "write guest RAM");
+                break;
+            }
+            a = b;
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+static void cap_add(cap_t *c, uint64_t p0, uint64_t n)
 {
     while (n > 0) {
-        size_t k = n < buf_pages ? (size_t)n : buf_pages;
-        struct iovec local = {buf, k * page};
-        struct iovec remote = {(void *)(base + p0 * page), k * page};
-        ssize_t got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
-        if (got != (ssize_t)(k * page))
-            return got < 0 ? err_errno(e, "vmm: read guest RAM")
-                           : err_set(e, -EIO, "vmm: short read of guest RAM");
-        for (size_t done = 0; done < k * page;) {
-            ssize_t w = pwrite(out_fd, buf + done, k * page - done, (off_t)(p0 * page + done));
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0)
-                return err_errno(e, "vmm: write guest RAM");
-            done += (size_t)w;
+        uint64_t k = n < CAP_CHUNK ? n : CAP_CHUNK;
+        if (c->nruns == c->caprun) {
+            c->caprun = c->caprun ? 2 * c->caprun : 256;
+            c->runs = xrealloc(c->runs, c->caprun * sizeof *c->runs);
         }
+        c->runs[c->nruns++] = (cap_run_t){p0, k};
         p0 += k;
         n -= k;
     }
-    return 0;
 }
 
 /* pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst) */
@@ -1839,7 +1929,7 @@ int64_t vmm_ram_capture(vmm_vm_t *vm, int out_fd, uint8_t *dirty, err_t *e)
     if (!vm || !vm->mem_private)
         return err_set(e, -EINVAL, "vmm: capture: the VM's RAM is not a private mapping");
     int64_t t0 = now_ms();
-    uintptr_t base;
+    uintptr_t base = 0;
     int rc = find_ram_mapping(vm, &base, e);
     if (rc < 0)
         return rc;
@@ -1850,44 +1940,65 @@ int64_t vmm_ram_capture(vmm_vm_t *vm, int out_fd, uint8_t *dirty, err_t *e)
     int pm = open(path, O_RDONLY | O_CLOEXEC);
     if (pm < 0)
         return err_errno(e, "vmm: pagemap of the VMM");
-    enum { CHUNK = 16384, BUF_PAGES = 256 };
-    uint64_t *ent = xmalloc(CHUNK * sizeof *ent);
-    char *buf = xmalloc(BUF_PAGES * page);
+    cap_t c = {.pid = vm->pid, .base = base, .page = page, .out_fd = out_fd};
+    pthread_mutex_init(&c.lock, NULL);
+    enum { ENTRIES = 16384 };
+    uint64_t *ent = xmalloc(ENTRIES * sizeof *ent);
     int64_t total = 0;
     uint64_t run0 = 0, runn = 0; /* the run of changed pages being gathered */
     for (uint64_t p = 0; p < npages && rc == 0;) {
-        size_t k = npages - p < CHUNK ? (size_t)(npages - p) : CHUNK;
+        size_t k = npages - p < ENTRIES ? (size_t)(npages - p) : ENTRIES;
         ssize_t got = pread(pm, ent, k * sizeof *ent, (off_t)((base / page + p) * sizeof *ent));
         if (got != (ssize_t)(k * sizeof *ent)) {
             rc = got < 0 ? err_errno(e, "vmm: read pagemap")
                          : err_set(e, -EIO, "vmm: short read of pagemap");
             break;
         }
-        for (size_t i = 0; i < k && rc == 0; i++) {
+        for (size_t i = 0; i < k; i++) {
             /* A page the guest wrote is the VMM's own (anonymous) copy, in memory or swapped
              * out; one it only read is the file's page. */
             bool changed = (ent[i] & PM_SWAPPED) || ((ent[i] & PM_PRESENT) && !(ent[i] & PM_FILE));
             uint64_t pg = p + i;
-            if (changed) {
-                dirty[pg >> 3] |= (uint8_t)(1u << (pg & 7));
-                total++;
-                if (runn && run0 + runn == pg) {
-                    runn++;
-                    continue;
-                }
+            if (!changed)
+                continue;
+            dirty[pg >> 3] |= (uint8_t)(1u << (pg & 7));
+            total++;
+            if (runn && run0 + runn == pg) {
+                runn++;
+                continue;
             }
             if (runn)
-                rc = copy_pages(vm->pid, base, run0, runn, out_fd, buf, BUF_PAGES, page, e);
+                cap_add(&c, run0, runn);
             run0 = pg;
-            runn = changed ? 1 : 0;
+            runn = 1;
         }
         p += k;
     }
-    if (rc == 0 && runn)
-        rc = copy_pages(vm->pid, base, run0, runn, out_fd, buf, BUF_PAGES, page, e);
-    free(buf);
     free(ent);
     close(pm);
+    if (rc == 0 && runn)
+        cap_add(&c, run0, runn);
+    if (rc == 0 && c.nruns) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        size_t nt = ncpu < 1 ? 1 : ncpu > 4 ? 4 : (size_t)ncpu;
+        if (nt > c.nruns)
+            nt = c.nruns;
+        pthread_t th[4];
+        size_t started = 0;
+        for (size_t i = 1; i < nt; i++)
+            if (pthread_create(&th[started], NULL, cap_worker, &c) == 0)
+                started++;
+        cap_worker(&c);
+        for (size_t i = 0; i < started; i++)
+            pthread_join(th[i], NULL);
+        if (c.rc < 0) {
+            rc = c.rc;
+            if (e)
+                *e = c.e;
+        }
+    }
+    free(c.runs);
+    pthread_mutex_destroy(&c.lock);
     if (rc < 0)
         return rc;
     log_info("vmm.ram_captured", "sandbox=%s pages=%lld dur_ms=%lld", vm->id, (long long)total,

@@ -15,12 +15,12 @@
  * - Files in run_dir: qmp.sock (the QMP socket: created and bound by the agent, root-owned 0600,
  *   its listening fd handed to QEMU), console.log (guest serial console), mem (guest RAM, unless
  *   spec.mem_path names another file,
- *   memory-backend-file share=on align=2M, sparse, as large as memory_mb; kept after stop for
- *   snapshots; the 2 MiB alignment lets the host map it with huge pages where run_dir's file
- *   system has large folios, e.g. ext4 on Linux >= 6.16 or tmpfs huge=advise: with 4 KiB pages a
- *   TCG boot took 0.5-1 s longer),
- *   vmm.log (QEMU's own stderr, root-owned). console.log, mem and the root disk are chowned to
- *   uid:gid. The caller removes run_dir.
+ *   memory-backend-file share=on (share=off with spec.mem_private) align=2M, sparse, as large as
+ * memory_mb; kept after stop for snapshots; the 2 MiB alignment lets the host map it with huge
+ * pages where run_dir's file system has large folios, e.g. ext4 on Linux >= 6.16 or tmpfs
+ * huge=advise: with 4 KiB pages a TCG boot took 0.5-1 s longer), vmm.log (QEMU's own stderr,
+ * root-owned). console.log, mem and the root disk are chowned to uid:gid. The caller removes
+ * run_dir.
  * - Network: the driver opens the tap itself (as root, inside netns, TUNSETIFF on spec->tap) and
  *   hands QEMU the fd, so the tap's owner does not matter and QEMU never sees /dev/net/tun. The
  *   caller creates netns and the tap (persistent, IFF_TAP|IFF_NO_PI, not multi-queue) first.
@@ -82,9 +82,10 @@ typedef struct vmm_spec {
      * directory (e.g. <root>/images). A QEMU that was compromised can rewrite its overlay's
      * header; the next start of that overlay would otherwise show it any host file. */
     const char *backing_root;
-    /* Guest RAM file (memory-backend-file, share=on). NULL: <run_dir>/mem, created empty here.
-     * Otherwise an existing file of memory_mb MiB that the VM's uid may read and write (a memfs
-     * file over a snapshot's layers); the driver neither creates, chowns nor removes it. */
+    /* Guest RAM file (memory-backend-file, share=on unless mem_private). NULL: <run_dir>/mem,
+     * created empty here. Otherwise an existing file of memory_mb MiB that the VM's uid may read
+     * and write (a memfs file over a snapshot's layers); the driver neither creates, chowns nor
+     * removes it. */
     const char *mem_path;
     /* Map the RAM file private (share=off) instead of shared: the guest's writes stay in the
      * VMM's own copy-on-write pages and never reach the file, so many VMs can map one file (a
@@ -166,8 +167,9 @@ int vmm_save(vmm_vm_t *vm, int fd, int timeout_ms, err_t *e);
 
 /** For a stopped VM with private RAM: every page the guest wrote since the VM started (the
  * VMM's copy-on-write pages of the RAM mapping, found in /proc/<pid>/pagemap, in memory or
- * swapped) is copied out of the VMM (process_vm_readv) into out_fd at its guest offset, and its
- * bit set in dirty (page p: byte p / 8, bit p % 8; host pages of sysconf(_SC_PAGESIZE) bytes,
+ * swapped) is copied out of the VMM (process_vm_readv) into out_fd (a sparse file, which may be
+ * O_DIRECT) at its guest offset, except pages of zeroes, which stay holes, and its bit set in
+ * dirty (page p: byte p / 8, bit p % 8; host pages of sysconf(_SC_PAGESIZE) bytes,
  * memory / page bits). Pages the guest only read are the file's and are not copied. Returns
  * the number of pages copied, or a negative errno with e set (the VM is unchanged then). */
 int64_t vmm_ram_capture(vmm_vm_t *vm, int out_fd, uint8_t *dirty, err_t *e);

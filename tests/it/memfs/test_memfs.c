@@ -561,7 +561,8 @@ static int child_ro(void *p)
         fprintf(stderr, "# child: pwrite: %s\n", strerror(errno));
         return 4;
     }
-    if (ftruncate(fd, 0) == 0 || fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, BS) == 0)
+    if (ftruncate(fd, 0) == 0 ||
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, BS) == 0)
         return 5;
     /* A private mapping reads the layers' content and keeps its writes to itself. */
     uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);

@@ -1034,6 +1034,79 @@ static void test_commit_diff_overlay(void **state)
     free(ref);
 }
 
+/* The sparse form: holes are the zero blocks, every data block is taken as it is (unread). */
+static void test_commit_diff_sparse(void **state)
+{
+    (void)state;
+    char dir[PATH_MAX], ram[PATH_MAX], upper[PATH_MAX], path[PATH_MAX];
+    mkdirf(dir, sizeof dir, "sparse");
+    snprintf(ram, sizeof ram, "%s/sram", root);
+    snprintf(upper, sizeof upper, "%s/supper", root);
+    const uint64_t nb = 64, size = nb * BS;
+    uint8_t *ref = xcalloc(nb, BS);
+    int fd = create_file(ram, size);
+    for (uint64_t b = 0; b < 40; b++) {
+        fill_block(ref + b * BS, b, 1);
+        pwrite_block(fd, ref + b * BS, b);
+    }
+    close(fd);
+    err_t e = {0};
+    mem_map_t *parent = NULL;
+    assert_int_equal(mem_commit_full(ram, size, dir, &parent, &e), 0);
+
+    uint8_t dirty[8] = {0};
+    fd = create_file(upper, size);
+    uint8_t blk[BS];
+    /* data blocks, some next to each other, one past the parent's data */
+    const uint64_t data_blocks[] = {0, 1, 2, 9, 33, 50, 63};
+    for (size_t i = 0; i < sizeof data_blocks / sizeof data_blocks[0]; i++) {
+        uint64_t b = data_blocks[i];
+        fill_block(blk, b, 5);
+        pwrite_block(fd, blk, b);
+        memcpy(ref + b * BS, blk, BS);
+        set_bit(dirty, b);
+    }
+    /* dirty holes: blocks the writer found zero */
+    const uint64_t zero_blocks[] = {3, 10, 11, 39, 62};
+    for (size_t i = 0; i < sizeof zero_blocks / sizeof zero_blocks[0]; i++) {
+        memset(ref + zero_blocks[i] * BS, 0, BS);
+        set_bit(dirty, zero_blocks[i]);
+    }
+    close(fd);
+    mem_map_t *m = NULL;
+    if (mem_commit_diff_sparse(parent, upper, dirty, dir, 0, &m, &e) != 0)
+        fail_msg("commit_diff_sparse: %s", e.msg);
+    assert_int_equal(access(upper, F_OK), -1);
+    assert_int_equal(m->generation, 1);
+    assert_int_equal(m->nlayers, 2);
+    for (size_t i = 0; i < sizeof data_blocks / sizeof data_blocks[0]; i++)
+        assert_int_equal(mem_map_lookup(m, data_blocks[i], NULL), 1);
+    for (size_t i = 0; i < sizeof zero_blocks / sizeof zero_blocks[0]; i++)
+        assert_int_equal(mem_map_lookup(m, zero_blocks[i], NULL), MEM_ZERO);
+    assert_int_equal(mem_map_lookup(m, 5, NULL), 0);
+    assert_int_equal(mem_map_lookup(m, 45, NULL), MEM_ZERO);
+    assert_int_equal(mem_map_blocks_in(m, 1), sizeof data_blocks / sizeof data_blocks[0]);
+    assert_int_equal(mem_layer_path(dir, &m->layers[1], path, sizeof path), 0);
+    verify(m, dir, ref);
+
+    /* All dirty blocks holes: no layer file, the zeros recorded. */
+    close(create_file(upper, size));
+    memset(dirty, 0, sizeof dirty);
+    set_bit(dirty, 20);
+    set_bit(dirty, 21);
+    memset(ref + 20 * BS, 0, 2 * BS);
+    mem_map_t *m2 = NULL;
+    assert_int_equal(mem_commit_diff_sparse(m, upper, dirty, dir, 0, &m2, &e), 0);
+    assert_int_equal(m2->nlayers, 2);
+    assert_int_equal(mem_map_lookup(m2, 20, NULL), MEM_ZERO);
+    assert_int_equal(count_layers(dir), 2);
+    verify(m2, dir, ref);
+    mem_map_free(m2);
+    mem_map_free(m);
+    mem_map_free(parent);
+    free(ref);
+}
+
 static void test_chain(void **state)
 {
     (void)state;
@@ -1494,6 +1567,7 @@ int main(void)
         cmocka_unit_test(test_reader),
         cmocka_unit_test(test_commit_full),
         cmocka_unit_test(test_commit_diff_overlay),
+        cmocka_unit_test(test_commit_diff_sparse),
         cmocka_unit_test(test_chain),
         cmocka_unit_test(test_flatten),
         cmocka_unit_test(test_link_gc_disk),
