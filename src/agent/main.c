@@ -38,6 +38,7 @@ typedef struct agent_cfg {
     const char *root, *listen, *secret, *secret_file, *log_level, *images_dir, *port_file;
     long boot_timeout_ms;
     long max_layers;
+    long pool_size;
     bool help, version;
 } agent_cfg_t;
 
@@ -162,7 +163,8 @@ static int serve(const agent_cfg_t *c)
 
     sbx_mgr_cfg_t mc = {.root = c->root,
                         .boot_timeout_ms = c->boot_timeout_ms,
-                        .max_layers = (unsigned)c->max_layers};
+                        .max_layers = (unsigned)c->max_layers,
+                        .pool_size = (unsigned)c->pool_size};
     sbx_mgr_t *mgr = NULL;
     if (sbx_mgr_new(&mc, &mgr, &e) < 0) {
         log_error("agent.start_failed", "err=\"%s\"", e.msg);
@@ -213,6 +215,7 @@ int main(int argc, char **argv)
         .listen = "127.0.0.1:50051",
         .log_level = "info",
         .images_dir = AGENT_IMAGES_DIR,
+        .pool_size = 2,
     };
     const cfg_opt_t opts[] = {
         {"root", CFG_STR, &c.root, 0, 0, "agent state directory (/var/lib/wrenn)"},
@@ -227,6 +230,8 @@ int main(int argc, char **argv)
          "how long a new guest may take to answer (30000)"},
         {"max-layers", CFG_INT, &c.max_layers, 1, 64,
          "memory layers a snapshot may have before they are merged into one (10)"},
+        {"pool-size", CFG_INT, &c.pool_size, 0, 16,
+         "sandboxes kept restored ahead of time per snapshot template in use (2; 0: none)"},
         {"help", CFG_BOOL, &c.help, 0, 0, "show this help"},
         {"version", CFG_BOOL, &c.version, 0, 0, "print the version and exit"},
         {0},

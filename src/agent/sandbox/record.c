@@ -37,7 +37,10 @@ int sbx__record_write(const sbx_t *s, bool sync, err_t *e)
     json_object_set_new(j, "accessToken", json_string(s->token));
     json_object_set_new(j, "pid", json_integer(st.pid));
     json_object_set_new(j, "startTime", json_integer((json_int_t)st.start_time));
-    json_object_set_new(j, "state", json_string(s->state == SBX_PAUSED ? "paused" : "running"));
+    json_object_set_new(j, "state",
+                        json_string(s->state == SBX_PAUSED   ? "paused"
+                                    : s->state == SBX_POOLED ? "pooled"
+                                                             : "running"));
     json_object_set_new(j, "team", json_string(s->team));
     json_object_set_new(j, "restored", json_boolean(s->restored));
     json_object_set_new(j, "autoPause", json_boolean(s->auto_pause));
@@ -97,7 +100,9 @@ int sbx__record_load(const char *dir, sbx_t *s, vmm_state_t *st, err_t *e)
     s->gid = (gid_t)json_integer_value(json_object_get(j, "gid"));
     st->pid = (pid_t)json_integer_value(json_object_get(j, "pid"));
     st->start_time = (uint64_t)json_integer_value(json_object_get(j, "startTime"));
-    s->state = paused ? SBX_PAUSED : SBX_RUNNING;
+    s->state = paused                                  ? SBX_PAUSED
+               : state && strcmp(state, "pooled") == 0 ? SBX_POOLED
+                                                       : SBX_RUNNING;
     snprintf(s->team, sizeof s->team, "%s", team ? team : "");
     s->restored = json_is_true(json_object_get(j, "restored"));
     s->auto_pause = json_is_true(json_object_get(j, "autoPause"));

@@ -88,8 +88,16 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
     vmm_state_t st = {0};
     err_t e = {0};
     int rc = sbx__record_load(dir, s, &st, &e);
-    if (rc == 0 && strcmp(s->id, name) != 0)
+    /* A sandbox from the warm pool keeps its directory's p-<hex> name under the id it got. */
+    if (rc == 0 && strcmp(s->id, name) != 0 && strncmp(name, "p-", 2) != 0)
         rc = err_set(&e, -EINVAL, "record id does not match its directory");
+    snprintf(s->name, sizeof s->name, "%s", name);
+    if (rc == 0 && s->state == SBX_POOLED) {
+        /* Still pooled: nobody can claim it any more; its memfs instance is not counted. */
+        s->memfs_key[0] = '\0';
+        s->restored = false;
+        rc = err_set(&e, -ECANCELED, "a pooled sandbox of the last run");
+    }
     if (rc == 0 && s->state == SBX_PAUSED)
         rc = sbx__snapshot_check(dir, &e);
     if (rc == 0 && s->state == SBX_PAUSED) {

@@ -175,9 +175,10 @@ void sbx__spec(sbx_mgr_t *m, sbx_t *s, vmm_spec_t *spec, char *kernel, char *ini
                  m->tsc_khz * 4);
     else
         snprintf(cmdline, n, "console=ttyS0 root=/dev/vda rw");
-    snprintf(cgroup, n, "wrenn-%s", s->id);
+    const char *name = s->name[0] ? s->name : s->id;
+    snprintf(cgroup, n, "wrenn-%s", name);
     memset(spec, 0, sizeof *spec);
-    spec->id = s->id;
+    spec->id = name;
     spec->run_dir = s->dir;
     spec->kernel = kernel;
     spec->initrd = initrd;
@@ -196,7 +197,7 @@ void sbx__spec(sbx_mgr_t *m, sbx_t *s, vmm_spec_t *spec, char *kernel, char *ini
         if (s->memfs_key[0]) {
             sbx__mshare_mem_path(m, s->memfs_key, s->mem_path, sizeof s->mem_path);
             spec->mem_private = true; /* over memfs's read-only file */
-        } else /* an older agent's memfs, written through */
+        } else                        /* an older agent's memfs, written through */
             snprintf(s->mem_path, sizeof s->mem_path, "%s/memfs/mem", s->dir);
         spec->mem_path = s->mem_path;
     }
@@ -339,6 +340,7 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
     s->gid = (gid_t)(SBX_UID_BASE + s->slot);
     net_slot_names(s->slot, &s->net);
     snprintf(s->dir, sizeof s->dir, "%s/%s", m->sbx_root, s->id);
+    snprintf(s->name, sizeof s->name, "%s", s->id);
     if (mkdir(s->dir, 0700) < 0) {
         rc = err_errno(e, "create sandbox directory");
         s->dir[0] = '\0'; /* not ours to remove */
@@ -393,7 +395,8 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
              "sandbox=%s template=%s slot=%d vcpus=%u memory_mb=%u host_ip=%s dur_ms=%lld "
              "vm_ms=%lld boot_ms=%lld",
              s->id, s->template_name, s->slot, s->vcpus, s->memory_mb, s->net.host_ip,
-             (long long)(sbx__mono_ms() - t0), (long long)(t_vm - t0), (long long)(t_health - t_vm));
+             (long long)(sbx__mono_ms() - t0), (long long)(t_vm - t0),
+             (long long)(t_health - t_vm));
     sbx__unref(m, s);
     return 0;
 
@@ -557,6 +560,7 @@ int sbx_take_auto_paused(sbx_mgr_t *m, char ***ids, size_t *n)
 
 static void reap_once(sbx_mgr_t *m)
 {
+    sbx__pool_reap(m);
     pthread_mutex_lock(&m->lock);
     size_t cnt = m->ntab;
     sbx_t **copy = xcalloc(cnt ? cnt : 1, sizeof *copy);
@@ -684,6 +688,10 @@ int sbx_mgr_new(const sbx_mgr_cfg_t *cfg, sbx_mgr_t **out, err_t *e)
         goto fail;
     }
     m->reaper_started = true;
+    if (sbx__pool_init(m, cfg->pool_size) < 0) {
+        rc = err_set(e, -EAGAIN, "cannot start the warm pool's thread");
+        goto fail;
+    }
     log_info("sandbox.manager_ready",
              "root=%s max_vcpus=%u max_memory_mb=%u tsc_khz=%u adopted=%zu accel=%s", m->root,
              m->max_vcpus, m->max_memory_mb, m->tsc_khz, m->ntab, vmm_qemu_accel());
@@ -705,6 +713,7 @@ void sbx_mgr_free(sbx_mgr_t *m)
         pthread_mutex_unlock(&m->stop_lock);
         pthread_join(m->reaper, NULL);
     }
+    sbx__pool_fini(m);
     /* VM handles are dropped without stopping the VMs: the next agent re-adopts them. */
     for (size_t i = 0; i < m->ntab; i++) {
         vmm_release(m->tab[i]->vm);

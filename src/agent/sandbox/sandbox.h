@@ -33,6 +33,8 @@ typedef struct sbx_mgr sbx_mgr_t;
 typedef struct sbx_mgr_cfg {
     const char *root;     /* agent root dir (kernels/, images/, templates/, sandboxes/) */
     unsigned max_layers;  /* memory layers before a merge; 0 → 10 */
+    unsigned pool_size;   /* warm pool: sandboxes kept restored per snapshot template in use
+                           * (pool.c); 0: none */
     long boot_timeout_ms; /* how long a new guest may take to answer /health; 0 → 30 s */
     int guest_port;       /* envd port in the guest; 0 → 49983 */
 } sbx_mgr_cfg_t;

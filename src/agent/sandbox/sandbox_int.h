@@ -11,7 +11,7 @@
 #include "sandbox.h"
 #include "vmm/vmm.h"
 
-enum sbx_state { SBX_CREATING, SBX_RUNNING, SBX_PAUSED, SBX_STOPPING, SBX_GONE };
+enum sbx_state { SBX_CREATING, SBX_RUNNING, SBX_PAUSED, SBX_STOPPING, SBX_GONE, SBX_POOLED };
 
 /** One sandbox. Fields below `lock` are guarded by it; refs by the table lock. */
 typedef struct sbx {
@@ -19,6 +19,8 @@ typedef struct sbx {
     pthread_mutex_t lock;
     enum sbx_state state;
     char id[72];
+    char name[72]; /* its directory's name, the VMM's name and cgroup: the id, except for a
+                    * sandbox made for the warm pool (p-<hex>, kept when it is claimed) */
     char template_name[72];
     unsigned vcpus, memory_mb;
     int64_t created_at;
@@ -32,11 +34,11 @@ typedef struct sbx {
     char dir[512];
     uid_t uid;
     gid_t gid;
-    char team[72];     /* owner of the snapshot templates it makes ("" = none given) */
-    bool restored; /* RAM is a private mapping of a memfs file over the snapshot in <dir>/snap
-                    * (else the shared file <dir>/mem) */
-    char memfs_key[33];   /* restored: the shared memfs instance it maps (memshare.c) */
-    pid_t memfs_pid;      /* an older agent's memfs of <dir>/memfs only (restored, no key) */
+    char team[72];      /* owner of the snapshot templates it makes ("" = none given) */
+    bool restored;      /* RAM is a private mapping of a memfs file over the snapshot in <dir>/snap
+                         * (else the shared file <dir>/mem) */
+    char memfs_key[33]; /* restored: the shared memfs instance it maps (memshare.c) */
+    pid_t memfs_pid;    /* an older agent's memfs of <dir>/memfs only (restored, no key) */
     uint64_t memfs_start; /* its start time, to detect pid reuse */
     char mem_path[560];   /* the RAM file when restored */
     bool auto_pause;      /* the TTL pauses it instead of destroying it */
@@ -55,10 +57,12 @@ struct sbx_mgr {
     size_t ntab, captab;
     uint8_t *slots; /* NET_MAX_SLOTS + 1 entries, 1 = taken */
 
-    char *tmpl_root;     /* <root>/templates: snapshot templates, <team>/<name>/ */
-    char **auto_paused;  /* ids the reaper paused, until ListSandboxes takes them (table lock) */
+    char *tmpl_root;    /* <root>/templates: snapshot templates, <team>/<name>/ */
+    char **auto_paused; /* ids the reaper paused, until ListSandboxes takes them (table lock) */
     size_t nauto_paused;
     unsigned max_layers; /* memory layers a snapshot may have before they are merged */
+
+    struct sbx_pool *pool; /* warm pool (pool.c) */
 
     pthread_mutex_t ms_lock; /* shared memfs instances (memshare.c) */
     struct sbx_mshare *ms;
@@ -110,8 +114,7 @@ int sbx__vm_alive_cb(void *ud);
 
 /* snapshot.c */
 /** Where the snapshot template (team, name) lives: <root>/templates/<team or "_">/<name>. */
-void sbx__template_dir(const sbx_mgr_t *m, const char *team, const char *name, char *buf,
-                       size_t n);
+void sbx__template_dir(const sbx_mgr_t *m, const char *team, const char *name, char *buf, size_t n);
 /** Create a sandbox from the snapshot template in tdir (restore, not boot). */
 int sbx__create_from_template(sbx_mgr_t *m, const sbx_create_req_t *req, const char *tdir,
                               sbx_info_t *out, err_t *e);
@@ -139,6 +142,27 @@ void sbx__mshare_mem_path(const sbx_mgr_t *m, const char *key, char *buf, size_t
 void sbx__mshare_load(sbx_mgr_t *m);
 int sbx__mshare_adopt(sbx_mgr_t *m, sbx_t *s, err_t *e);
 void sbx__mshare_prune(sbx_mgr_t *m);
+
+/* pool.c: sandboxes restored ahead of time from snapshot templates in use */
+/** Start the pool's filler (size 0: no pool). */
+int sbx__pool_init(sbx_mgr_t *m, unsigned size);
+/** Stop it and destroy what is pooled. */
+void sbx__pool_fini(sbx_mgr_t *m);
+/** A pooled sandbox of the template in tdir (referenced, state SBX_POOLED, not in the table),
+ * or NULL. */
+sbx_t *sbx__pool_take(sbx_mgr_t *m, const char *tdir);
+/** A create from tdir happened: fill its pool (a moment later). */
+void sbx__pool_want(sbx_mgr_t *m, const char *tdir);
+/** Empty tdir's pool now (waits for an entry being made of it). */
+void sbx__pool_drop_template(sbx_mgr_t *m, const char *tdir);
+/** Empty the pools of templates not used lately, deleted or replaced (the reaper's tick). */
+void sbx__pool_reap(sbx_mgr_t *m);
+/* snapshot.c */
+/** Make a pooled sandbox of the template in tdir (restored, warmed, stopped). */
+int sbx__pool_make(sbx_mgr_t *m, const char *tdir, sbx_t **out, err_t *e);
+/** Give the pooled s to the caller of req: it runs again, gets req's id, token, environment,
+ * the clock and entropy, and enters the table. On failure s is destroyed. */
+int sbx__pool_claim(sbx_mgr_t *m, sbx_t *s, const sbx_create_req_t *req, sbx_info_t *out, err_t *e);
 
 /* recover.c */
 /** Re-adopt or clean up recorded sandboxes, then reap leftovers nobody owns. */

@@ -181,6 +181,42 @@ static void boot_id(char *out, size_t n)
     read_line("/proc/sys/kernel/random/boot_id", out, n);
 }
 
+/* Make the snapshot in snap durable: its directory, layers, header and device state. */
+static int snap_sync(const char *snap, const mem_map_t *map, err_t *e)
+{
+    char p[PATH_MAX], sname[64];
+    int rc = mem_sync_layers(map, snap, e);
+    state_name(map, sname, sizeof sname);
+    const char *files[] = {"mem.hdr", sname};
+    for (size_t i = 0; rc == 0 && i < sizeof files / sizeof files[0]; i++) {
+        path_in(p, sizeof p, snap, files[i]);
+        int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0 || fsync(fd) < 0)
+            rc = err_errno(e, p);
+        if (fd >= 0)
+            close(fd);
+    }
+    return rc;
+}
+
+/* Before a pause writes anything: a marker holding this boot's id, made durable while little
+ * else is in flight (any fsync waits for everything being written). Its path goes into
+ * marker; false when it could not be made (the pause then syncs before it returns). */
+static bool mark_unsynced(const char *snap, char *marker, size_t n)
+{
+    char hex[17], bid[64], name[64];
+    sbx__random_hex(hex, 8);
+    snprintf(name, sizeof name, "%s.unsynced", hex);
+    path_in(marker, n, snap, name);
+    boot_id(bid, sizeof bid);
+    err_t e = {0};
+    if (fsutil_write_atomic(marker, bid, strlen(bid), 0600, true, &e) == 0)
+        return true;
+    log_warn("sandbox.marker_failed", "snap=%s err=\"%s\"", snap, e.msg);
+    marker[0] = '\0';
+    return false;
+}
+
 typedef struct sync_job {
     char snap[PATH_MAX];
     char marker[PATH_MAX];
@@ -196,7 +232,7 @@ static void *sync_main(void *ud)
     char rec[PATH_MAX + 32];
     snprintf(rec, sizeof rec, "%s/../record.json", j->snap);
     int rfd = -1;
-    if (mem_sync_layers(j->map, j->snap, &e) < 0 && e.code != -ENOENT)
+    if (snap_sync(j->snap, j->map, &e) < 0 && e.code != -ENOENT)
         log_warn("sandbox.sync_failed", "snap=%s err=\"%s\"", j->snap, e.msg);
     else if (((rfd = open(rec, O_RDONLY | O_CLOEXEC)) < 0 || fsync(rfd) == 0) &&
              unlink(j->marker) == 0)
@@ -209,23 +245,30 @@ static void *sync_main(void *ud)
     return NULL;
 }
 
-static void sync_later(const char *snap, const mem_map_t *map)
+/* After a pause committed map in snap: what syncs it and then removes marker (the one
+ * mark_unsynced() made), for sync_start(); with no marker the sync is done here and NULL
+ * returned. */
+static sync_job_t *sync_prepare(const char *snap, const mem_map_t *map, const char *marker)
 {
-    sync_job_t *j = xcalloc(1, sizeof *j);
-    char hex[33], bid[64], name[64];
-    mem_id_hex(&map->id, hex);
-    snprintf(name, sizeof name, "%s.unsynced", hex);
-    snprintf(j->snap, sizeof j->snap, "%s", snap);
-    path_in(j->marker, sizeof j->marker, snap, name);
-    boot_id(bid, sizeof bid);
-    err_t e = {0};
-    if (fsutil_write_atomic(j->marker, bid, strlen(bid), 0600, true, &e) < 0) {
-        /* Without a marker the sync must happen now. */
-        mem_sync_layers(map, snap, &e);
-        free(j);
-        return;
+    if (!marker[0]) {
+        err_t e = {0};
+        if (snap_sync(snap, map, &e) < 0)
+            log_warn("sandbox.sync_failed", "snap=%s err=\"%s\"", snap, e.msg);
+        return NULL;
     }
+    sync_job_t *j = xcalloc(1, sizeof *j);
+    snprintf(j->snap, sizeof j->snap, "%s", snap);
+    snprintf(j->marker, sizeof j->marker, "%s", marker);
     j->map = mem_map_dup(map);
+    return j;
+}
+
+/* Run j (NULL-safe) on a thread of its own. Started once the pause has done its own small
+ * writes: the sync's fsyncs flush the disk's cache, which stalls whatever else writes. */
+static void sync_start(sync_job_t *j)
+{
+    if (!j)
+        return;
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
@@ -261,7 +304,7 @@ int sbx__snapshot_check(const char *dir, err_t *e)
         /* Same boot: the data is in the page cache; finish the sync now. */
         mem_map_t *map = NULL;
         path_in(p, sizeof p, snap, "mem.hdr");
-        if ((rc = mem_map_load(p, &map, e)) == 0 && (rc = mem_sync_layers(map, snap, e)) == 0)
+        if ((rc = mem_map_load(p, &map, e)) == 0 && (rc = snap_sync(snap, map, e)) == 0)
             remove_suffixed(snap, ".unsynced", NULL);
         mem_map_free(map);
     }
@@ -299,7 +342,11 @@ static int capture(sbx_t *s, uint64_t size, uint8_t **bits, err_t *e)
 {
     char p[PATH_MAX];
     path_in(p, sizeof p, s->dir, "upper.mem");
-    int fd = open(p, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    /* Direct I/O: here, filling the page cache with a few hundred MiB costs twice as much as
+     * writing them to the disk (page allocation is slow under nested virtualisation). */
+    int fd = open(p, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC | O_DIRECT, 0600);
+    if (fd < 0 && errno == EINVAL) /* a file system without direct I/O */
+        fd = open(p, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         return err_errno(e, "create upper.mem");
     int rc = 0;
@@ -327,9 +374,10 @@ static int capture(sbx_t *s, uint64_t size, uint8_t **bits, err_t *e)
 
 /* Save the running VM of s into <dir>/snap and stop it (its network stays). On an error before
  * the VM was stopped it runs on and the old snapshot is untouched; after, *lost says the
- * sandbox cannot go on. */
-static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, err_t *e)
+ * sandbox cannot go on. *later gets the sync of the new snapshot, for sync_start(). */
+static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, sync_job_t **later, err_t *e)
 {
+    *later = NULL;
     int64_t t0 = sbx__mono_ms();
     char snap[PATH_MAX], tmp[PATH_MAX], p[PATH_MAX], sname[64];
     mem_map_t *parent = NULL, *map = NULL;
@@ -339,17 +387,24 @@ static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, err_t *e)
     path_in(snap, sizeof snap, s->dir, "snap");
     if (mkdir(snap, 0700) < 0 && errno != EEXIST)
         return err_errno(e, snap);
+    char marker[PATH_MAX];
+    mark_unsynced(snap, marker, sizeof marker);
     path_in(tmp, sizeof tmp, snap, "state.tmp");
     fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return err_errno(e, tmp);
+    if (fd < 0) {
+        rc = err_errno(e, tmp);
+        if (marker[0])
+            unlink(marker);
+        return rc;
+    }
     uint64_t size = (uint64_t)s->memory_mb << 20;
-    if ((rc = vmm_save(s->vm, fd, SNAP_SAVE_TIMEOUT_MS, e)) < 0 || fsync(fd) < 0 ||
+    /* The state reaches the disk with the rest (sync_later). */
+    if ((rc = vmm_save(s->vm, fd, SNAP_SAVE_TIMEOUT_MS, e)) < 0 ||
         (s->restored && (rc = capture(s, size, &bits, e)) < 0)) {
-        if (rc == 0)
-            rc = err_errno(e, "fsync state");
         close(fd);
         unlink(tmp);
+        if (marker[0])
+            unlink(marker);
         err_t ce = {0};
         if (vmm_resume(s->vm, &ce) < 0)
             log_warn("sandbox.cont_failed", "sandbox=%s err=\"%s\"", s->id, ce.msg);
@@ -370,7 +425,7 @@ static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, err_t *e)
         if ((rc = mem_map_load(p, &parent, e)) < 0)
             goto out;
         path_in(p, sizeof p, s->dir, "upper.mem");
-        if ((rc = mem_commit_diff(parent, p, bits, snap, m->max_layers, &map, e)) < 0)
+        if ((rc = mem_commit_diff_sparse(parent, p, bits, snap, m->max_layers, &map, e)) < 0)
             goto out;
         path_in(p, sizeof p, s->dir, "upper.mem");
         unlink(p);
@@ -390,7 +445,8 @@ static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, err_t *e)
     if ((rc = mem_map_save(map, p, e)) < 0)
         goto out;
     /* Committed. What the new map no longer needs goes; the data goes to disk meanwhile. */
-    sync_later(snap, map);
+    *later = sync_prepare(snap, map, marker);
+    marker[0] = '\0';
     remove_suffixed(snap, ".state", sname);
     const mem_map_t *keep[1] = {map};
     err_t ge = {0};
@@ -405,8 +461,11 @@ static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, err_t *e)
              (long long)(sbx__mono_ms() - t0));
     rc = 0;
 out:
-    if (rc < 0)
+    if (rc < 0) {
         unlink(tmp);
+        if (marker[0])
+            unlink(marker);
+    }
     free(bits);
     mem_map_free(parent);
     mem_map_free(map);
@@ -541,8 +600,18 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
         goto out;
     }
     int64_t t_health = sbx__mono_ms();
-    /* The guest clock stood still while paused: /init sets it, and reseeds the RNG. */
-    if ((rc = envdc_reinit(&c, old_token, env_vars, true, e)) < 0) {
+    if (s->state == SBX_POOLED) {
+        /* For the warm pool: run what a first command runs (under TCG its code is translated
+         * then), and stop the vCPUs until someone claims it (/init is done then). */
+        static const char *const args[] = {"-c", "true"};
+        envdc_exec_req_t r = {.cmd = "/bin/sh", .args = args, .nargs = 2, .timeout_ms = 30000};
+        envdc_exec_cb_t none = {0};
+        if ((rc = envdc_exec(&c, &r, &none, NULL, e)) < 0 || (rc = vmm_pause(s->vm, e)) < 0) {
+            err_wrap(e, "warm up");
+            goto out;
+        }
+    } else if ((rc = envdc_reinit(&c, old_token, env_vars, true, e)) < 0) {
+        /* The guest clock stood still while paused: /init sets it, and reseeds the RNG. */
         err_wrap(e, "guest init");
         goto out;
     }
@@ -596,7 +665,8 @@ int sbx__pause_locked(sbx_mgr_t *m, sbx_t *s, bool *gone, err_t *e)
     int64_t t0 = sbx__mono_ms();
     bool lost = false;
     *gone = false;
-    int rc = checkpoint(m, s, &lost, e);
+    sync_job_t *later = NULL;
+    int rc = checkpoint(m, s, &lost, &later, e);
     if (rc < 0) {
         if (lost) {
             log_warn("sandbox.lost", "sandbox=%s err=\"%s\"", s->id, e ? e->msg : "");
@@ -607,7 +677,9 @@ int sbx__pause_locked(sbx_mgr_t *m, sbx_t *s, bool *gone, err_t *e)
     }
     net_down(m, s);
     s->state = SBX_PAUSED;
-    if ((rc = sbx__record_write(s, false, e)) < 0)
+    rc = sbx__record_write(s, false, e);
+    sync_start(later);
+    if (rc < 0)
         return rc;
     log_info("sandbox.paused", "sandbox=%s dur_ms=%lld", s->id, (long long)(sbx__mono_ms() - t0));
     return 0;
@@ -687,34 +759,41 @@ typedef struct clone_src {
 
 /* Make a new running sandbox restored from src. */
 static int make_clone(sbx_mgr_t *m, const clone_src_t *src, const char *id, int64_t timeout_sec,
-                      bool auto_pause, const json_t *env_vars, sbx_info_t *out, err_t *e)
+                      bool auto_pause, const json_t *env_vars, sbx_info_t *out, sbx_t **pooled,
+                      err_t *e)
 {
     int64_t t0 = sbx__mono_ms();
     sbx_t *s = sbx__new();
     int rc = 0;
     bool inserted = false;
     char p[PATH_MAX], base[PATH_MAX], overlay[PATH_MAX];
-    if (id && *id)
+    if (pooled) {
+        /* For the warm pool (pool.c): out of the table, under a name of its own until claimed. */
+        char hex[17];
+        sbx__random_hex(hex, 6);
+        snprintf(s->id, sizeof s->id, "p-%s", hex);
+    } else if (id && *id)
         snprintf(s->id, sizeof s->id, "%s", id);
     else {
         char hex[17];
         sbx__random_hex(hex, 4);
         snprintf(s->id, sizeof s->id, "sb-%s", hex);
     }
+    snprintf(s->name, sizeof s->name, "%s", s->id);
     snprintf(s->template_name, sizeof s->template_name, "%s", src->template_name);
     snprintf(s->team, sizeof s->team, "%s", src->team ? src->team : "");
     s->vcpus = src->vcpus;
     s->memory_mb = src->memory_mb;
     s->auto_pause = auto_pause;
     atomic_store(&s->timeout_sec, timeout_sec);
-    s->state = SBX_CREATING;
+    s->state = pooled ? SBX_POOLED : SBX_CREATING;
     pthread_mutex_lock(&s->lock);
-    if ((rc = sbx__insert(m, s)) < 0) {
+    if (!pooled && (rc = sbx__insert(m, s)) < 0) {
         rc = err_set(e, -EEXIST, "sandbox %s already exists", s->id);
         goto fail;
     }
-    inserted = true;
-    snprintf(s->dir, sizeof s->dir, "%s/%s", m->sbx_root, s->id);
+    inserted = !pooled;
+    snprintf(s->dir, sizeof s->dir, "%s/%s", m->sbx_root, s->name);
     if (mkdir(s->dir, 0700) < 0) {
         rc = err_errno(e, "create sandbox directory");
         s->dir[0] = '\0';
@@ -752,13 +831,22 @@ static int make_clone(sbx_mgr_t *m, const clone_src_t *src, const char *id, int6
     }
     if ((rc = net_slot(m, s, e)) < 0)
         goto fail;
-    sbx__random_hex(s->token, 32);
+    /* A pooled guest keeps the template's token until it is claimed. */
+    if (pooled)
+        snprintf(s->token, sizeof s->token, "%s", src->token);
+    else
+        sbx__random_hex(s->token, 32);
     if ((rc = restore(m, s, src->token, env_vars, e)) < 0)
         goto fail;
     s->created_at = sbx__now_s();
     atomic_store(&s->last_active_at, s->created_at);
     if ((rc = sbx__record_save(s, e)) < 0)
         goto fail;
+    if (pooled) {
+        pthread_mutex_unlock(&s->lock);
+        *pooled = s; /* our reference goes with it */
+        return 0;
+    }
     s->state = SBX_RUNNING;
     sbx__fill_info(s, out);
     pthread_mutex_unlock(&s->lock);
@@ -805,6 +893,19 @@ static int read_meta(const char *tdir, tmpl_meta_t *t, err_t *e)
     return rc;
 }
 
+/* What a clone of the template in tdir starts from (strings point into t, base and tdir). */
+static void template_src(const char *tdir, const tmpl_meta_t *t, char *base, size_t n,
+                         clone_src_t *src)
+{
+    path_in(base, n, tdir, "rootfs.ext4");
+    /* The template's size wins over the request's: memory and devices are in its snapshot. */
+    *src = (clone_src_t){.snap = tdir,
+                         .base = base,
+                         .vcpus = t->vcpus,
+                         .memory_mb = t->memory_mb,
+                         .token = t->token};
+}
+
 int sbx__create_from_template(sbx_mgr_t *m, const sbx_create_req_t *req, const char *tdir,
                               sbx_info_t *out, err_t *e)
 {
@@ -812,17 +913,100 @@ int sbx__create_from_template(sbx_mgr_t *m, const sbx_create_req_t *req, const c
     int rc = read_meta(tdir, &t, e);
     if (rc < 0)
         return rc;
+    sbx_t *pooled = sbx__pool_take(m, tdir);
+    sbx__pool_want(m, tdir);
+    if (pooled) {
+        err_t pe = {0};
+        if (sbx__pool_claim(m, pooled, req, out, &pe) == 0)
+            return 0;
+        if (pe.code == -EEXIST) {
+            if (e)
+                *e = pe;
+            return pe.code;
+        }
+        log_warn("pool.claim_failed", "template=%s err=\"%s\"", tdir, pe.msg);
+    }
     char base[PATH_MAX];
-    path_in(base, sizeof base, tdir, "rootfs.ext4");
-    /* The template's size wins over the request's: memory and devices are in its snapshot. */
-    clone_src_t src = {.snap = tdir,
-                       .base = base,
-                       .vcpus = t.vcpus,
-                       .memory_mb = t.memory_mb,
-                       .token = t.token,
-                       .template_name = req->template_name,
-                       .team = req->team};
-    return make_clone(m, &src, req->id, req->timeout_sec, req->auto_pause, req->env_vars, out, e);
+    clone_src_t src;
+    template_src(tdir, &t, base, sizeof base, &src);
+    src.template_name = req->template_name;
+    src.team = req->team;
+    return make_clone(m, &src, req->id, req->timeout_sec, req->auto_pause, req->env_vars, out, NULL,
+                      e);
+}
+
+int sbx__pool_make(sbx_mgr_t *m, const char *tdir, sbx_t **out, err_t *e)
+{
+    tmpl_meta_t t;
+    int rc = read_meta(tdir, &t, e);
+    if (rc < 0)
+        return rc;
+    char base[PATH_MAX];
+    clone_src_t src;
+    template_src(tdir, &t, base, sizeof base, &src);
+    src.template_name = "";
+    return make_clone(m, &src, NULL, 0, false, NULL, NULL, out, e);
+}
+
+int sbx__pool_claim(sbx_mgr_t *m, sbx_t *s, const sbx_create_req_t *req, sbx_info_t *out, err_t *e)
+{
+    int64_t t0 = sbx__mono_ms();
+    pthread_mutex_lock(&s->lock);
+    char name[72];
+    snprintf(name, sizeof name, "%s", s->name);
+    if (req->id && *req->id)
+        snprintf(s->id, sizeof s->id, "%s", req->id);
+    else {
+        char hex[17];
+        sbx__random_hex(hex, 4);
+        snprintf(s->id, sizeof s->id, "sb-%s", hex);
+    }
+    snprintf(s->template_name, sizeof s->template_name, "%s",
+             req->template_name ? req->template_name : "");
+    snprintf(s->team, sizeof s->team, "%s", req->team ? req->team : "");
+    s->auto_pause = req->auto_pause;
+    atomic_store(&s->timeout_sec, req->timeout_sec);
+    s->state = SBX_CREATING;
+    int rc;
+    bool inserted = false;
+    if ((rc = sbx__insert(m, s)) < 0) {
+        rc = err_set(e, -EEXIST, "sandbox %s already exists", s->id);
+        goto fail;
+    }
+    inserted = true;
+    char old_token[72];
+    snprintf(old_token, sizeof old_token, "%s", s->token);
+    sbx__random_hex(s->token, 32);
+    envdc_t c;
+    envdc_target(&c, s->net.host_ip, m->guest_port, s->token);
+    /* Its clock stood still while pooled: /init sets it, reseeds the RNG, gives it the
+     * caller's token and environment. */
+    if ((rc = vmm_resume(s->vm, e)) < 0 ||
+        (rc = envdc_reinit(&c, old_token, req->env_vars, true, e)) < 0) {
+        err_wrap(e, "pooled sandbox");
+        goto fail;
+    }
+    s->created_at = sbx__now_s();
+    atomic_store(&s->last_active_at, s->created_at);
+    s->state = SBX_RUNNING;
+    if ((rc = sbx__record_save(s, e)) < 0)
+        goto fail;
+    sbx__fill_info(s, out);
+    pthread_mutex_unlock(&s->lock);
+    log_info("sandbox.created", "sandbox=%s template=%s slot=%d restored=1 pool=%s dur_ms=%lld",
+             s->id, s->template_name, s->slot, name, (long long)(sbx__mono_ms() - t0));
+    sbx__unref(m, s);
+    return 0;
+fail:
+    log_warn("sandbox.create_failed", "sandbox=%s pool=%s err=\"%s\"", s->id, name,
+             e ? e->msg : "");
+    sbx__teardown(m, s, true);
+    sbx__release_slot(m, s);
+    pthread_mutex_unlock(&s->lock);
+    if (inserted)
+        sbx__remove(m, s);
+    sbx__unref(m, s);
+    return rc;
 }
 
 /* ---- templates ------------------------------------------------------------------------------ */
@@ -869,7 +1053,7 @@ int sbx_snapshot_create(sbx_mgr_t *m, const char *id, const char *team, const ch
     snprintf(tmp, sizeof tmp, "%s/.tmp-%s", p, hex);
     snprintf(old, sizeof old, "%s/.old-%s", p, hex);
     path_in(p, sizeof p, s->dir, "snap");
-    if ((rc = link_snapshot(p, tmp, &map, e)) < 0 || (rc = mem_sync_layers(map, tmp, e)) < 0)
+    if ((rc = link_snapshot(p, tmp, &map, e)) < 0 || (rc = snap_sync(tmp, map, e)) < 0)
         goto out;
     /* The disk, flattened: the template must not depend on the sandbox's overlay chain. */
     path_in(p, sizeof p, s->dir, "overlay.qcow2");
@@ -880,6 +1064,14 @@ int sbx_snapshot_create(sbx_mgr_t *m, const char *id, const char *team, const ch
         goto out;
     }
     chmod(q, 0444);
+    int qfd = open(q, O_RDONLY | O_CLOEXEC | O_NOFOLLOW); /* a template outlives a host crash */
+    if (qfd < 0 || fsync(qfd) < 0) {
+        rc = err_errno(e, "sync template disk");
+        if (qfd >= 0)
+            close(qfd);
+        goto out;
+    }
+    close(qfd);
     json_t *meta =
         json_pack("{s:i, s:s, s:s, s:i, s:i, s:s, s:I}", "version", 1, "source", s->id,
                   "accessToken", s->token, "vcpus", (int)s->vcpus, "memoryMb", (int)s->memory_mb,
@@ -937,6 +1129,7 @@ int sbx_snapshot_delete(sbx_mgr_t *m, const char *team, const char *name, err_t 
     if (rename(tdir, old) < 0)
         return errno == ENOENT ? err_set(e, -ENOENT, "template %s not found", name)
                                : err_errno(e, "delete template");
+    sbx__pool_drop_template(m, tdir);
     sbx__rmrf(old);
     log_info("sandbox.template_deleted", "team=%s name=%s", team ? team : "", name);
     return 0;
@@ -947,6 +1140,7 @@ int sbx_snapshot_delete(sbx_mgr_t *m, const char *team, const char *name, err_t 
 int sbx_fork(sbx_mgr_t *m, const char *id, unsigned count, int64_t timeout_sec, sbx_info_t **out,
              size_t *n, err_t *e)
 {
+    sync_job_t *later = NULL; /* the checkpoint's sync, started at the end */
     *out = NULL;
     *n = 0;
     if (count < 1 || count > SNAP_MAX_FORK)
@@ -977,7 +1171,7 @@ int sbx_fork(sbx_mgr_t *m, const char *id, unsigned count, int64_t timeout_sec, 
     /* Checkpoint the parent and stage what the children start from (links and a copy of its
      * disk overlay), then let the parent go on from that same checkpoint in its own slot. */
     bool lost = false;
-    if ((rc = checkpoint(m, s, &lost, e)) < 0) {
+    if ((rc = checkpoint(m, s, &lost, &later, e)) < 0) {
         if (lost) {
             sbx__teardown(m, s, true);
             gone = true;
@@ -1040,7 +1234,7 @@ int sbx_fork(sbx_mgr_t *m, const char *id, unsigned count, int64_t timeout_sec, 
     sbx_info_t *arr = xcalloc(count, sizeof *arr);
     size_t k = 0;
     for (unsigned i = 0; i < count; i++) {
-        rc = make_clone(m, &src, NULL, timeout_sec, auto_pause, NULL, &arr[k], e);
+        rc = make_clone(m, &src, NULL, timeout_sec, auto_pause, NULL, &arr[k], NULL, e);
         if (rc < 0)
             break;
         k++;
@@ -1059,6 +1253,7 @@ int sbx_fork(sbx_mgr_t *m, const char *id, unsigned count, int64_t timeout_sec, 
     log_info("sandbox.forked", "sandbox=%s children=%u dur_ms=%lld", id, count,
              (long long)(sbx__mono_ms() - t0));
 out:
+    sync_start(later);
     if (stage[0])
         sbx__rmrf(stage);
     if (gone)

@@ -102,8 +102,8 @@ static int after(void **state)
         json_t *s;
         size_t i;
         json_array_foreach(json_object_get(l, "sandboxes"), i, s)
-        callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}",
-              json_string_value(json_object_get(s, "sandboxId")));
+            callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}",
+                  json_string_value(json_object_get(s, "sandboxId")));
     }
     json_decref(l);
     /* Templates are meant to outlive sandboxes: each test deletes its own; whatever is still
@@ -353,6 +353,43 @@ static void test_template_ten_clones(void **state)
         assert_int_equal(atoi(o), i);
         free(o);
     }
+    /* One RAM file for all ten, each mapping it privately: what they only read is in the page
+     * cache once, and none of them can write it. */
+    char first[4096] = "";
+    for (int i = 0; i < 10; i++) {
+        char rec[1300], maps[64], line[4096], mine[4096] = "";
+        snprintf(rec, sizeof rec, "%s/sandboxes/%s/record.json", ag.root, jobs[i].id);
+        json_t *j = json_load_file(rec, 0, NULL);
+        assert_non_null(j);
+        char key[40];
+        const char *k = json_string_value(json_object_get(j, "memfsKey"));
+        assert_non_null(k);
+        assert_int_equal(strlen(k), 32);
+        snprintf(key, sizeof key, "%s", k);
+        snprintf(maps, sizeof maps, "/proc/%d/maps",
+                 (int)json_integer_value(json_object_get(j, "pid")));
+        FILE *f = fopen(maps, "re");
+        assert_non_null(f);
+        while (fgets(line, sizeof line, f))
+            if (strstr(line, "/memfs/") && strstr(line, key) && strstr(line, "/mnt/mem"))
+                snprintf(mine, sizeof mine, "%s", strchr(line, '/'));
+        fclose(f);
+        assert_true(mine[0] != '\0');
+        if (!first[0])
+            snprintf(first, sizeof first, "%s", mine);
+        assert_string_equal(mine, first);
+        json_decref(j);
+        char *perms = NULL; /* the mapping line's permissions: private ("p") */
+        f = fopen(maps, "re");
+        while (f && fgets(line, sizeof line, f))
+            if (strstr(line, key) && strstr(line, "/mnt/mem"))
+                perms = strdup(strchr(line, ' ') + 1);
+        if (f)
+            fclose(f);
+        assert_non_null(perms);
+        assert_int_equal(perms[3], 'p');
+        free(perms);
+    }
     /* Deleting the template leaves its clones working, pausable and resumable. */
     assert_int_equal(callf("DeleteSnapshot", NULL, "{\"name\":\"tpl\",\"teamId\":\"team-a\"}"),
                      200);
@@ -371,6 +408,119 @@ static void test_template_ten_clones(void **state)
     free(src);
 }
 
+/* ---- warm pool --------------------------------------------------------------------------------
+ */
+
+/* Sandboxes in p-* directories (the warm pool's): how many are still pooled; *claimed_dir gets
+ * the directory of the one whose record says id (when id is given). */
+static int pooled_count(const char *id, char *claimed_dir, size_t n)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/sandboxes", ag.root);
+    DIR *d = opendir(path);
+    int pooled = 0;
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        if (strncmp(de->d_name, "p-", 2) != 0)
+            continue;
+        char rec[1400];
+        snprintf(rec, sizeof rec, "%s/%s/record.json", path, de->d_name);
+        json_t *j = json_load_file(rec, 0, NULL);
+        const char *st = json_string_value(json_object_get(j, "state"));
+        const char *sid = json_string_value(json_object_get(j, "sandboxId"));
+        if (st && strcmp(st, "pooled") == 0)
+            pooled++;
+        if (id && sid && strcmp(sid, id) == 0 && claimed_dir)
+            snprintf(claimed_dir, n, "%s", de->d_name);
+        json_decref(j);
+    }
+    if (d)
+        closedir(d);
+    return pooled;
+}
+
+static void wait_pooled(int want)
+{
+    for (int i = 0; i < 600 && pooled_count(NULL, NULL, 0) < want; i++)
+        usleep(50 * 1000);
+    assert_int_equal(pooled_count(NULL, NULL, 0), want);
+}
+
+/* Creates from a snapshot template in use are served from sandboxes restored ahead of time; each
+ * is still the caller's own: id, environment, token, clock and entropy. */
+static void test_warm_pool(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    char *src = create("minimal", "\"memoryMb\":256");
+    free(sh_ok(src, "echo pooled > /root/marker && sync"));
+    assert_int_equal(callf("CreateSnapshot", NULL,
+                           "{\"sandboxId\":\"%s\",\"name\":\"ptpl\",\"teamId\":\"team-p\"}", src),
+                     200);
+    assert_int_equal(callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", src), 200);
+    free(src);
+    assert_int_equal(pooled_count(NULL, NULL, 0), 0); /* no create from it yet */
+    char *a = create("ptpl", "\"teamId\":\"team-p\"");
+    wait_pooled(2); /* --pool-size default */
+
+    /* Pooled sandboxes are nobody's: not listed. */
+    json_t *l = NULL;
+    assert_int_equal(callf("ListSandboxes", &l, "{}"), 200);
+    assert_int_equal(json_array_size(json_object_get(l, "sandboxes")), 1);
+    json_decref(l);
+
+    char *b = create("ptpl", "\"teamId\":\"team-p\",\"sandboxId\":\"sb-pool-b\","
+                             "\"envVars\":{\"WHO\":\"b\"}");
+    char *c = create("ptpl", "\"teamId\":\"team-p\",\"envVars\":{\"WHO\":\"c\"}");
+    assert_string_equal(b, "sb-pool-b");
+    char dir_b[300] = "", dir_c[300] = "";
+    pooled_count(b, dir_b, sizeof dir_b);
+    pooled_count(c, dir_c, sizeof dir_c);
+    assert_true(dir_b[0] != '\0'); /* served from the pool */
+    assert_true(dir_c[0] != '\0');
+    char *o = sh_ok(b, "cat /root/marker; echo $WHO");
+    assert_string_equal(o, "pooled\nb");
+    free(o);
+    o = sh_ok(c, "echo $WHO");
+    assert_string_equal(o, "c");
+    free(o);
+    /* The clock is the host's, though it stood still while pooled. */
+    o = sh_ok(b, "date +%s");
+    long long d = atoll(o) - (long long)time(NULL);
+    assert_true(d > -5 && d < 5);
+    free(o);
+    /* Each has its own entropy. */
+    char *rb = sh_ok(b, "head -c 16 /dev/urandom | od -An -tx1");
+    char *rc = sh_ok(c, "head -c 16 /dev/urandom | od -An -tx1");
+    assert_string_not_equal(rb, rc);
+    free(rb);
+    free(rc);
+    status_is(b, "running");
+
+    /* After an agent restart the claimed ones run on; the pooled ones are gone. */
+    wait_pooled(2);
+    ta_kill9(&ag);
+    assert_int_equal(ta_restart(&ag), 0);
+    assert_int_equal(pooled_count(NULL, NULL, 0), 0);
+    o = sh_ok(b, "cat /root/marker");
+    assert_string_equal(o, "pooled");
+    free(o);
+
+    /* DeleteSnapshot empties the template's pool at once. */
+    char *e = create("ptpl", "\"teamId\":\"team-p\""); /* a miss: the pool is refilled */
+    wait_pooled(2);
+    assert_int_equal(callf("DeleteSnapshot", NULL, "{\"name\":\"ptpl\",\"teamId\":\"team-p\"}"),
+                     200);
+    assert_int_equal(pooled_count(NULL, NULL, 0), 0);
+    const char *all[] = {a, b, c, e};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", all[i]), 200);
+    free(a);
+    free(b);
+    free(c);
+    free(e);
+}
+
 /* ---- fork ------------------------------------------------------------------------------------ */
 
 static void test_fork(void **state)
@@ -378,8 +528,9 @@ static void test_fork(void **state)
     (void)state;
     NEED_VMS();
     char *id = create("minimal", "\"memoryMb\":256");
-    free(sh_ok(id, "echo before > /root/f && sync && (i=0; while :; do i=$((i+1)); "
-                   "echo $i > /tmp/counter; sleep 0.2; done) > /dev/null 2>&1 & echo $! > /tmp/pid"));
+    free(sh_ok(id,
+               "echo before > /root/f && sync && (i=0; while :; do i=$((i+1)); "
+               "echo $i > /tmp/counter; sleep 0.2; done) > /dev/null 2>&1 & echo $! > /tmp/pid"));
     json_t *r = NULL;
     long st = callf("ForkSandbox", &r, "{\"sandboxId\":\"%s\",\"count\":2}", id);
     if (st != 200)
@@ -412,7 +563,8 @@ static void test_fork(void **state)
     free(id);
 }
 
-/* ---- agent restart ----------------------------------------------------------------------------- */
+/* ---- agent restart -----------------------------------------------------------------------------
+ */
 
 static void test_resume_after_restart(void **state)
 {
@@ -509,7 +661,8 @@ static void test_auto_pause(void **state)
     free(id);
 }
 
-/* ---- under load -------------------------------------------------------------------------------- */
+/* ---- under load --------------------------------------------------------------------------------
+ */
 
 struct load_job {
     const char *id;
@@ -554,7 +707,8 @@ static void test_pause_under_load(void **state)
     free(id);
 }
 
-/* ---- corrupt snapshots ------------------------------------------------------------------------- */
+/* ---- corrupt snapshots -------------------------------------------------------------------------
+ */
 
 static void flip_byte(const char *path, off_t off)
 {
@@ -610,7 +764,8 @@ static void test_corrupt_refused(void **state)
     free(id);
 }
 
-/* ---- bad requests ------------------------------------------------------------------------------ */
+/* ---- bad requests ------------------------------------------------------------------------------
+ */
 
 static void test_bad_requests(void **state)
 {
@@ -667,6 +822,7 @@ int main(void)
         cmocka_unit_test_teardown(test_bad_requests, after),
         cmocka_unit_test_teardown(test_corrupt_refused, after),
         cmocka_unit_test_teardown(test_fork, after),
+        cmocka_unit_test_teardown(test_warm_pool, after),
         cmocka_unit_test_teardown(test_resume_after_restart, after),
         cmocka_unit_test_teardown(test_stray_restored_reaped, after),
         cmocka_unit_test_teardown(test_auto_pause, after),
