@@ -24,6 +24,17 @@ int64_t sbx__now_s(void)
     return (int64_t)time(NULL);
 }
 
+void sbx__set_id(sbx_t *s, const char *id)
+{
+    if (id && *id) {
+        snprintf(s->id, sizeof s->id, "%s", id);
+        return;
+    }
+    char hex[17];
+    sbx__random_hex(hex, 4);
+    snprintf(s->id, sizeof s->id, "sb-%s", hex);
+}
+
 int64_t sbx__mono_ms(void)
 {
     struct timespec ts;
@@ -311,13 +322,7 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
     sbx_t *s = sbx__new();
     int rc = 0;
     bool inserted = false;
-    if (req->id && *req->id)
-        snprintf(s->id, sizeof s->id, "%s", req->id);
-    else {
-        char hex[17];
-        sbx__random_hex(hex, 4);
-        snprintf(s->id, sizeof s->id, "sb-%s", hex);
-    }
+    sbx__set_id(s, req->id);
     snprintf(s->template_name, sizeof s->template_name, "%s", tmpl);
     snprintf(s->team, sizeof s->team, "%s", req->team ? req->team : "");
     s->auto_pause = req->auto_pause;

@@ -106,6 +106,8 @@ void sbx__fill_info(const sbx_t *s, sbx_info_t *out);
 /** Stop the VM, the memfs server and the network of s; remove its files when remove_files.
  * Called with s->lock held. */
 void sbx__teardown(sbx_mgr_t *m, sbx_t *s, bool remove_files);
+/** s->id = id, or a new "sb-<8 hex>" when id is NULL or empty. */
+void sbx__set_id(sbx_t *s, const char *id);
 /** Random lowercase hex of nbytes bytes into out (2 * nbytes + 1 chars). */
 void sbx__random_hex(char *out, size_t nbytes);
 int64_t sbx__now_s(void);

@@ -757,6 +757,18 @@ typedef struct clone_src {
     const char *team;
 } clone_src_t;
 
+/* A sandbox whose creation failed (locked, referenced; in the table when inserted): torn down,
+ * unlocked, let go. */
+static void drop_failed(sbx_mgr_t *m, sbx_t *s, bool inserted)
+{
+    sbx__teardown(m, s, true);
+    sbx__release_slot(m, s);
+    pthread_mutex_unlock(&s->lock);
+    if (inserted)
+        sbx__remove(m, s);
+    sbx__unref(m, s);
+}
+
 /* Make a new running sandbox restored from src. */
 static int make_clone(sbx_mgr_t *m, const clone_src_t *src, const char *id, int64_t timeout_sec,
                       bool auto_pause, const json_t *env_vars, sbx_info_t *out, sbx_t **pooled,
@@ -772,13 +784,8 @@ static int make_clone(sbx_mgr_t *m, const clone_src_t *src, const char *id, int6
         char hex[17];
         sbx__random_hex(hex, 6);
         snprintf(s->id, sizeof s->id, "p-%s", hex);
-    } else if (id && *id)
-        snprintf(s->id, sizeof s->id, "%s", id);
-    else {
-        char hex[17];
-        sbx__random_hex(hex, 4);
-        snprintf(s->id, sizeof s->id, "sb-%s", hex);
-    }
+    } else
+        sbx__set_id(s, id);
     snprintf(s->name, sizeof s->name, "%s", s->id);
     snprintf(s->template_name, sizeof s->template_name, "%s", src->template_name);
     snprintf(s->team, sizeof s->team, "%s", src->team ? src->team : "");
@@ -856,12 +863,7 @@ static int make_clone(sbx_mgr_t *m, const clone_src_t *src, const char *id, int6
     return 0;
 fail:
     log_warn("sandbox.create_failed", "sandbox=%s err=\"%s\"", s->id, e ? e->msg : "");
-    sbx__teardown(m, s, true);
-    sbx__release_slot(m, s);
-    pthread_mutex_unlock(&s->lock);
-    if (inserted)
-        sbx__remove(m, s);
-    sbx__unref(m, s);
+    drop_failed(m, s, inserted);
     return rc;
 }
 
@@ -954,13 +956,7 @@ int sbx__pool_claim(sbx_mgr_t *m, sbx_t *s, const sbx_create_req_t *req, sbx_inf
     pthread_mutex_lock(&s->lock);
     char name[72];
     snprintf(name, sizeof name, "%s", s->name);
-    if (req->id && *req->id)
-        snprintf(s->id, sizeof s->id, "%s", req->id);
-    else {
-        char hex[17];
-        sbx__random_hex(hex, 4);
-        snprintf(s->id, sizeof s->id, "sb-%s", hex);
-    }
+    sbx__set_id(s, req->id);
     snprintf(s->template_name, sizeof s->template_name, "%s",
              req->template_name ? req->template_name : "");
     snprintf(s->team, sizeof s->team, "%s", req->team ? req->team : "");
@@ -1000,12 +996,7 @@ int sbx__pool_claim(sbx_mgr_t *m, sbx_t *s, const sbx_create_req_t *req, sbx_inf
 fail:
     log_warn("sandbox.create_failed", "sandbox=%s pool=%s err=\"%s\"", s->id, name,
              e ? e->msg : "");
-    sbx__teardown(m, s, true);
-    sbx__release_slot(m, s);
-    pthread_mutex_unlock(&s->lock);
-    if (inserted)
-        sbx__remove(m, s);
-    sbx__unref(m, s);
+    drop_failed(m, s, inserted);
     return rc;
 }
 
