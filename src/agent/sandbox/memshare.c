@@ -144,16 +144,19 @@ int sbx__mshare_acquire(sbx_mgr_t *m, sbx_t *s, const char *snap, const mem_map_
     mem_id_hex(&map->id, key);
     pthread_mutex_lock(&m->ms_lock);
     struct sbx_mshare *x = find(m, key);
-    int rc = 0;
+    int rc = 0, carried = 0;
     if (x && procfs_start_time(x->pid) != x->start) {
-        /* Its server died: the VMs on it are broken anyway; a new instance serves new ones. */
-        log_warn("memshare.server_gone", "key=%s pid=%d", key, (int)x->pid);
+        /* Its server died: the VMs on it are broken anyway; a new instance serves new ones.
+         * Their users still count (they release the key when they go). */
+        log_warn("memshare.server_gone", "key=%s pid=%d users=%d", key, (int)x->pid, x->refs);
+        carried = x->refs;
         drop(m, key, 0);
         x = NULL;
     }
     if (!x) {
         struct sbx_mshare n;
         if ((rc = start(m, key, snap, map, &n, e)) == 0) {
+            n.refs = carried;
             m->ms = xrealloc(m->ms, (m->nms + 1) * sizeof *m->ms);
             m->ms[m->nms] = n;
             x = &m->ms[m->nms++];

@@ -91,7 +91,9 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
     /* A sandbox from the warm pool keeps its directory's p-<hex> name under the id it got. */
     if (rc == 0 && strcmp(s->id, name) != 0 && strncmp(name, "p-", 2) != 0)
         rc = err_set(&e, -EINVAL, "record id does not match its directory");
-    snprintf(s->name, sizeof s->name, "%s", name);
+    size_t nl = strnlen(name, sizeof s->name - 1);
+    memcpy(s->name, name, nl);
+    s->name[nl] = '\0';
     if (rc == 0 && s->state == SBX_POOLED) {
         /* Still pooled: nobody can claim it any more; its memfs instance is not counted. */
         s->memfs_key[0] = '\0';

@@ -6,15 +6,16 @@
  *   mem             guest RAM of a cold-booted VM (share=on, the VM's own file)
  *   snap/           its newest snapshot: mem.hdr (the memory map), <id>.layer files (hard links
  *                   shared with templates and forks), <map id>.state (QEMU's device state)
- *   memfs/mem       guest RAM of a restored VM: a FUSE file over snap/ (memfs.h), whose writes
- *                   go to upper.mem and dirty.bitmap until the next pause makes them a layer
+ *   capture.mem     at a pause of a restored VM, the pages its guest wrote (then a layer)
+ * A restored VM maps its RAM privately from <root>/memfs/<map id>/mnt/mem, a read-only memfs
+ * shared by every VM restored from that map (memshare.c).
  * Templates (<root>/templates/<team or _>/<name>/): template.json, mem.hdr, the layers, the
  * state and rootfs.ext4 (the disk flattened with qemu-img).
  *
  * A pause commits in this order: device state to snap/state.tmp; VM stopped; memory turned into
- * a layer (cold VM: its RAM file is renamed into snap/; restored VM: memfs flushed and stopped,
- * then upper + bitmap become the layer); state renamed to <map id>.state; mem.hdr replaced
- * atomically (the commit point); unreferenced layers and states removed.
+ * a layer (cold VM: its RAM file is renamed into snap/; restored VM: the pages its guest wrote,
+ * copied out of QEMU before it stopped, become the layer); state renamed to <map id>.state; mem.hdr
+ * replaced atomically (the commit point); unreferenced layers and states removed.
  */
 #include "sandbox_int.h"
 #include "disk_glue.h"
@@ -210,8 +211,17 @@ static bool mark_unsynced(const char *snap, char *marker, size_t n)
     path_in(marker, n, snap, name);
     boot_id(bid, sizeof bid);
     err_t e = {0};
-    if (fsutil_write_atomic(marker, bid, strlen(bid), 0600, true, &e) == 0)
-        return true;
+    if (fsutil_write_atomic(marker, bid, strlen(bid), 0600, true, &e) == 0) {
+        /* Its name too must be on disk before anything it vouches for. */
+        int dfd = open(snap, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        bool ok = dfd >= 0 && fsync(dfd) == 0;
+        if (dfd >= 0)
+            close(dfd);
+        if (ok)
+            return true;
+        unlink(marker);
+        err_errno(&e, snap);
+    }
     log_warn("sandbox.marker_failed", "snap=%s err=\"%s\"", snap, e.msg);
     marker[0] = '\0';
     return false;
@@ -220,6 +230,8 @@ static bool mark_unsynced(const char *snap, char *marker, size_t n)
 typedef struct sync_job {
     char snap[PATH_MAX];
     char marker[PATH_MAX];
+    char **older; /* markers of earlier pauses: this snapshot supersedes theirs */
+    size_t nolder;
     mem_map_t *map;
 } sync_job_t;
 
@@ -235,11 +247,17 @@ static void *sync_main(void *ud)
     if (snap_sync(j->snap, j->map, &e) < 0 && e.code != -ENOENT)
         log_warn("sandbox.sync_failed", "snap=%s err=\"%s\"", j->snap, e.msg);
     else if (((rfd = open(rec, O_RDONLY | O_CLOEXEC)) < 0 || fsync(rfd) == 0) &&
-             unlink(j->marker) == 0)
+             unlink(j->marker) == 0) {
+        for (size_t i = 0; i < j->nolder; i++)
+            unlink(j->older[i]);
         log_debug("sandbox.synced", "snap=%s dur_ms=%lld", j->snap,
                   (long long)(sbx__mono_ms() - t0));
+    }
     if (rfd >= 0)
         close(rfd);
+    for (size_t i = 0; i < j->nolder; i++)
+        free(j->older[i]);
+    free(j->older);
     mem_map_free(j->map);
     free(j);
     return NULL;
@@ -260,6 +278,21 @@ static sync_job_t *sync_prepare(const char *snap, const mem_map_t *map, const ch
     snprintf(j->snap, sizeof j->snap, "%s", snap);
     snprintf(j->marker, sizeof j->marker, "%s", marker);
     j->map = mem_map_dup(map);
+    /* Every other marker is older (pauses of one sandbox are ordered by its lock): once this
+     * snapshot is on disk, what they vouched for no longer matters, even when their own sync
+     * never finished (an agent killed meanwhile). */
+    DIR *d = opendir(snap);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        char p[PATH_MAX + 300];
+        snprintf(p, sizeof p, "%s/%s", snap, de->d_name);
+        if (!has_suffix(de->d_name, ".unsynced") || strcmp(p, marker) == 0)
+            continue;
+        j->older = xrealloc(j->older, (j->nolder + 1) * sizeof *j->older);
+        j->older[j->nolder++] = xstrdup(p);
+    }
+    if (d)
+        closedir(d);
     return j;
 }
 
@@ -335,24 +368,56 @@ void sbx__memfs_down(sbx_mgr_t *m, sbx_t *s)
     s->restored = false;
 }
 
+/* Read the dirty bitmap of a map of nblocks blocks (a short file reads as zero bits). */
+static uint8_t *load_bitmap(const char *path, uint64_t nblocks, err_t *e)
+{
+    size_t len = (size_t)((nblocks + 7) / 8);
+    uint8_t *bits = xcalloc(len ? len : 1, 1);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return bits;
+        err_errno(e, path);
+        free(bits);
+        return NULL;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t r = pread(fd, bits + off, len - off, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            err_errno(e, path);
+            close(fd);
+            free(bits);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        off += (size_t)r;
+    }
+    close(fd);
+    return bits;
+}
+
 /* A restored VM's RAM is a private mapping of its memfs file: copy what the guest wrote since
- * the resume out of its (stopped) VMM into <dir>/upper.mem, a sparse file at guest offsets,
+ * the resume out of its (stopped) VMM into <dir>/capture.mem, a sparse file at guest offsets,
  * and *bits gets those blocks (MEM_BLOCK_SIZE is the host page size). */
 static int capture(sbx_t *s, uint64_t size, uint8_t **bits, err_t *e)
 {
     char p[PATH_MAX];
-    path_in(p, sizeof p, s->dir, "upper.mem");
+    path_in(p, sizeof p, s->dir, "capture.mem");
     /* Direct I/O: here, filling the page cache with a few hundred MiB costs twice as much as
      * writing them to the disk (page allocation is slow under nested virtualisation). */
     int fd = open(p, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC | O_DIRECT, 0600);
     if (fd < 0 && errno == EINVAL) /* a file system without direct I/O */
         fd = open(p, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
-        return err_errno(e, "create upper.mem");
+        return err_errno(e, "create capture.mem");
     int rc = 0;
     *bits = xcalloc((size_t)(size / MEM_BLOCK_SIZE + 7) / 8 + 1, 1);
     if (ftruncate(fd, (off_t)size) < 0)
-        rc = err_errno(e, "size upper.mem");
+        rc = err_errno(e, "size capture.mem");
     else if (sysconf(_SC_PAGESIZE) != MEM_BLOCK_SIZE)
         rc = err_set(e, -EINVAL, "host page size %ld is not the memory block size %u",
                      sysconf(_SC_PAGESIZE), MEM_BLOCK_SIZE);
@@ -400,7 +465,7 @@ static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, sync_job_t **later, er
     uint64_t size = (uint64_t)s->memory_mb << 20;
     /* The state reaches the disk with the rest (sync_later). */
     if ((rc = vmm_save(s->vm, fd, SNAP_SAVE_TIMEOUT_MS, e)) < 0 ||
-        (s->restored && (rc = capture(s, size, &bits, e)) < 0)) {
+        (s->restored && s->memfs_key[0] && (rc = capture(s, size, &bits, e)) < 0)) {
         close(fd);
         unlink(tmp);
         if (marker[0])
@@ -419,16 +484,38 @@ static int checkpoint(sbx_mgr_t *m, sbx_t *s, bool *lost, sync_job_t **later, er
     *lost = true; /* from here on, failing loses the running state */
     int64_t t_stop = sbx__mono_ms();
 
-    if (s->restored) {
+    if (s->restored && s->memfs_key[0]) {
         sbx__memfs_down(m, s);
         path_in(p, sizeof p, snap, "mem.hdr");
         if ((rc = mem_map_load(p, &parent, e)) < 0)
             goto out;
-        path_in(p, sizeof p, s->dir, "upper.mem");
+        path_in(p, sizeof p, s->dir, "capture.mem");
         if ((rc = mem_commit_diff_sparse(parent, p, bits, snap, m->max_layers, &map, e)) < 0)
             goto out;
-        path_in(p, sizeof p, s->dir, "upper.mem");
         unlink(p);
+    } else if (s->restored) {
+        /* Restored by an older agent: its RAM was a written-through memfs file (shared), whose
+         * upper file and dirty bitmap hold what the guest wrote. */
+        char mnt[PATH_MAX];
+        path_in(mnt, sizeof mnt, s->dir, "memfs");
+        if ((rc = memfs_stop(mnt, s->memfs_pid, SNAP_MEMFS_TIMEOUT_MS, e)) < 0)
+            goto out;
+        rmdir(mnt);
+        s->memfs_pid = 0;
+        path_in(p, sizeof p, snap, "mem.hdr");
+        if ((rc = mem_map_load(p, &parent, e)) < 0)
+            goto out;
+        path_in(p, sizeof p, s->dir, "dirty.bitmap");
+        if (!(bits = load_bitmap(p, parent->size / parent->block_size, e))) {
+            rc = e ? e->code : -EIO;
+            goto out;
+        }
+        path_in(p, sizeof p, s->dir, "upper.mem");
+        if ((rc = mem_commit_diff(parent, p, bits, snap, m->max_layers, &map, e)) < 0)
+            goto out;
+        path_in(p, sizeof p, s->dir, "dirty.bitmap");
+        unlink(p);
+        s->restored = false;
     } else {
         path_in(p, sizeof p, s->dir, "mem");
         if ((rc = mem_commit_full(p, size, snap, &map, e)) < 0)
@@ -555,11 +642,12 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
                      "snapshot is unusable: its device state %s: %s", sname, strerror(errno));
         goto out;
     }
-    /* What an older agent's memfs left. */
-    path_in(p, sizeof p, s->dir, "upper.mem");
-    unlink(p);
-    path_in(p, sizeof p, s->dir, "dirty.bitmap");
-    unlink(p);
+    /* What an older agent's memfs, or a failed pause, left. */
+    static const char *const stale[] = {"upper.mem", "dirty.bitmap", "capture.mem"};
+    for (size_t i = 0; i < sizeof stale / sizeof stale[0]; i++) {
+        path_in(p, sizeof p, s->dir, stale[i]);
+        unlink(p);
+    }
     /* The RAM file: the read-only memfs of this map, shared with every VM restored from it. */
     if ((rc = sbx__mshare_acquire(m, s, snap, map, e)) < 0) {
         err_wrap(e, "memfs");
