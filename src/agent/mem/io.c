@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 int mem__pread_full(int fd, void *buf, size_t len, uint64_t off)
@@ -131,4 +132,25 @@ int mem__layer_seal(int fd, const char *path, uint64_t size, const mem_id_t *id,
     if (geteuid() == 0 && fchown(fd, 0, 0) < 0)
         return err_errno(e, path);
     return 0;
+}
+
+/* Whether commits fsync layer data themselves (mem_set_data_sync). */
+static atomic_bool g_data_sync = true;
+
+void mem_set_data_sync(bool on)
+{
+    atomic_store(&g_data_sync, on);
+}
+
+bool mem__data_sync_on(void)
+{
+    return atomic_load(&g_data_sync);
+}
+
+/* A directory's entries (renames, links, removals), under the same switch: any fsync makes
+ * ext4 commit its journal and the disk flush its cache, which also waits for every other write
+ * still in flight (hundreds of ms after a large pause). */
+int mem__dir_sync(const char *dir, err_t *e)
+{
+    return atomic_load(&g_data_sync) ? mem__fsync_dir(dir, e) : 0;
 }

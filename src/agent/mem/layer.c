@@ -23,31 +23,11 @@
  * them: a few wasted KiB cost less than another system call. */
 #define DIRTY_GAP_BLOCKS 16u
 
-/* Whether commits fsync layer data themselves (mem_set_data_sync). */
-static atomic_bool g_data_sync = true;
-
-void mem_set_data_sync(bool on)
-{
-    atomic_store(&g_data_sync, on);
-}
-
-bool mem__data_sync_on(void)
-{
-    return atomic_load(&g_data_sync);
-}
-
 static int data_sync(int fd)
 {
-    return atomic_load(&g_data_sync) ? fsync(fd) : 0;
+    return mem__data_sync_on() ? fsync(fd) : 0;
 }
 
-/* A directory's entries (renames, links, removals), under the same switch: any fsync makes
- * ext4 commit its journal and the disk flush its cache, which also waits for every other write
- * still in flight (hundreds of ms after a large pause). */
-int mem__dir_sync(const char *dir, err_t *e)
-{
-    return atomic_load(&g_data_sync) ? mem__fsync_dir(dir, e) : 0;
-}
 
 int mem_sync_layers(const mem_map_t *m, const char *dir, err_t *e)
 {

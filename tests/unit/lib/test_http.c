@@ -865,8 +865,8 @@ static void test_malformed_requests(void **state)
         "GARBAGE\r\n\r\n",
         "POST /buffered HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
         "POST /buffered HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-        "POST /buffered HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-        "3\r\nabc\r\n0\r\n\r\n",
+        ("POST /buffered HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+         "3\r\nabc\r\n0\r\n\r\n"),
     };
     for (size_t i = 0; i < sizeof reqs / sizeof reqs[0]; i++) {
         size_t n = raw(reqs[i], strlen(reqs[i]), ans, sizeof ans);
