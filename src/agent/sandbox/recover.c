@@ -129,8 +129,7 @@ static void adopt_one(sbx_mgr_t *m, const char *name)
         }
         if (rc < 0)
             vmm_qemu_cleanup(&spec, NULL);
-        if (rc < 0 && s->memfs_key[0])
-            sbx__mshare_release(m, s);
+        /* Its RAM file is let go below, once the VM is surely gone (sbx__memfs_down). */
     }
     if (rc == 0) {
         s->net_up = true;
