@@ -7,6 +7,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+int fsutil_fsync(const char *path, err_t *e)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return err_errno(e, path);
+    int rc = fsync(fd) < 0 ? err_errno(e, path) : 0;
+    close(fd);
+    return rc;
+}
+
 int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t mode, bool sync,
                         err_t *e)
 {

@@ -14,6 +14,9 @@
 int fsutil_write_atomic(const char *path, const void *data, size_t len, mode_t mode, bool sync,
                         err_t *e);
 
+/** fsync the file or directory at path (opened read-only, symlinks not followed). */
+int fsutil_fsync(const char *path, err_t *e);
+
 /** Create path and any missing parents with mode; an existing directory is success. */
 int fsutil_mkdir_p(const char *path, mode_t mode, err_t *e);
 

@@ -3,6 +3,8 @@
 #include "mem.h"
 #include "mem_int.h"
 
+#include "fsutil.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -47,18 +49,6 @@ int mem__pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
         len -= (size_t)w;
     }
     return 0;
-}
-
-int mem__fsync_dir(const char *dir, err_t *e)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return err_errno(e, dir);
-    int rc = 0;
-    if (fsync(fd) < 0)
-        rc = err_errno(e, dir);
-    close(fd);
-    return rc;
 }
 
 void mem__trailer_encode(uint8_t out[MEM_TRAILER_SIZE], uint64_t size, const mem_id_t *id)
@@ -152,5 +142,5 @@ bool mem__data_sync_on(void)
  * still in flight (hundreds of ms after a large pause). */
 int mem__dir_sync(const char *dir, err_t *e)
 {
-    return atomic_load(&g_data_sync) ? mem__fsync_dir(dir, e) : 0;
+    return atomic_load(&g_data_sync) ? fsutil_fsync(dir, e) : 0;
 }

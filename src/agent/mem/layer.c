@@ -2,6 +2,7 @@
  * sharing between directories, garbage collection and disk accounting. */
 #include "mem.h"
 #include "mem_int.h"
+#include "fsutil.h"
 
 #include "log.h"
 #include "xalloc.h"
@@ -28,10 +29,9 @@ static int data_sync(int fd)
     return mem__data_sync_on() ? fsync(fd) : 0;
 }
 
-
 int mem_sync_layers(const mem_map_t *m, const char *dir, err_t *e)
 {
-    int drc = mem__fsync_dir(dir, e);
+    int drc = fsutil_fsync(dir, e);
     if (drc < 0)
         return drc;
     for (uint32_t i = 0; i < m->nlayers; i++) {

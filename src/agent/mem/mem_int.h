@@ -69,9 +69,7 @@ int mem__pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 /** Whether n bytes at p are all zero. */
 bool mem__is_zero(const void *p, size_t n);
 
-/** fsync a directory so a rename or link in it is durable. */
-int mem__fsync_dir(const char *dir, err_t *e);
-/** mem__fsync_dir, or nothing while data sync is off (mem_set_data_sync). */
+/** fsutil_fsync of dir, or nothing while data sync is off (mem_set_data_sync). */
 int mem__dir_sync(const char *dir, err_t *e);
 /** Whether data sync is on (mem_set_data_sync). */
 bool mem__data_sync_on(void);

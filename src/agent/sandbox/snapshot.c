@@ -191,11 +191,7 @@ static int snap_sync(const char *snap, const mem_map_t *map, err_t *e)
     const char *files[] = {"mem.hdr", sname};
     for (size_t i = 0; rc == 0 && i < sizeof files / sizeof files[0]; i++) {
         path_in(p, sizeof p, snap, files[i]);
-        int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0 || fsync(fd) < 0)
-            rc = err_errno(e, p);
-        if (fd >= 0)
-            close(fd);
+        rc = fsutil_fsync(p, e);
     }
     return rc;
 }
@@ -211,16 +207,11 @@ static bool mark_unsynced(const char *snap, char *marker, size_t n)
     path_in(marker, n, snap, name);
     boot_id(bid, sizeof bid);
     err_t e = {0};
+    /* Its name too must be on disk before anything it vouches for. */
     if (fsutil_write_atomic(marker, bid, strlen(bid), 0600, true, &e) == 0) {
-        /* Its name too must be on disk before anything it vouches for. */
-        int dfd = open(snap, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        bool ok = dfd >= 0 && fsync(dfd) == 0;
-        if (dfd >= 0)
-            close(dfd);
-        if (ok)
+        if (fsutil_fsync(snap, &e) == 0)
             return true;
         unlink(marker);
-        err_errno(&e, snap);
     }
     log_warn("sandbox.marker_failed", "snap=%s err=\"%s\"", snap, e.msg);
     marker[0] = '\0';
@@ -243,18 +234,15 @@ static void *sync_main(void *ud)
     /* A layer removed meanwhile (the sandbox destroyed, layers merged) needs no sync. */
     char rec[PATH_MAX + 32];
     snprintf(rec, sizeof rec, "%s/../record.json", j->snap);
-    int rfd = -1;
+    int rrc;
     if (snap_sync(j->snap, j->map, &e) < 0 && e.code != -ENOENT)
         log_warn("sandbox.sync_failed", "snap=%s err=\"%s\"", j->snap, e.msg);
-    else if (((rfd = open(rec, O_RDONLY | O_CLOEXEC)) < 0 || fsync(rfd) == 0) &&
-             unlink(j->marker) == 0) {
+    else if (((rrc = fsutil_fsync(rec, NULL)) == 0 || rrc == -ENOENT) && unlink(j->marker) == 0) {
         for (size_t i = 0; i < j->nolder; i++)
             unlink(j->older[i]);
         log_debug("sandbox.synced", "snap=%s dur_ms=%lld", j->snap,
                   (long long)(sbx__mono_ms() - t0));
     }
-    if (rfd >= 0)
-        close(rfd);
     for (size_t i = 0; i < j->nolder; i++)
         free(j->older[i]);
     free(j->older);
@@ -1143,14 +1131,8 @@ int sbx_snapshot_create(sbx_mgr_t *m, const char *id, const char *team, const ch
         goto out;
     }
     chmod(q, 0444);
-    int qfd = open(q, O_RDONLY | O_CLOEXEC | O_NOFOLLOW); /* a template outlives a host crash */
-    if (qfd < 0 || fsync(qfd) < 0) {
-        rc = err_errno(e, "sync template disk");
-        if (qfd >= 0)
-            close(qfd);
+    if ((rc = fsutil_fsync(q, e)) < 0) /* a template outlives a host crash */
         goto out;
-    }
-    close(qfd);
     json_t *meta =
         json_pack("{s:i, s:s, s:s, s:i, s:i, s:s, s:I}", "version", 1, "source", s->id,
                   "accessToken", s->token, "vcpus", (int)s->vcpus, "memoryMb", (int)s->memory_mb,

@@ -1,6 +1,7 @@
 /* fsutil: atomic replacement, mkdir -p, port files. */
 #include "fsutil.h"
 
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,6 +49,24 @@ static void test_write_atomic(void **state)
     snprintf(p, sizeof p, "%s/nope/file", dir);
     assert_int_equal(fsutil_write_atomic(p, "x", 1, 0600, false, &e), -ENOENT);
     assert_true(e.msg[0] != '\0');
+}
+
+static void test_fsync(void **state)
+{
+    (void)state;
+    char p[300], l[320];
+    snprintf(p, sizeof p, "%s/synced", dir);
+    snprintf(l, sizeof l, "%s/synced-link", dir);
+    err_t e = {0};
+    assert_int_equal(fsutil_write_atomic(p, "x", 1, 0400, false, &e), 0);
+    assert_int_equal(fsutil_fsync(p, &e), 0);   /* a read-only file */
+    assert_int_equal(fsutil_fsync(dir, &e), 0); /* a directory */
+    assert_int_equal(fsutil_fsync("/nonexistent/wrenn", &e), -ENOENT);
+    assert_int_equal(e.code, -ENOENT);
+    assert_int_equal(symlink(p, l), 0); /* symlinks are not followed */
+    assert_int_equal(fsutil_fsync(l, &e), -ELOOP);
+    unlink(l);
+    unlink(p);
 }
 
 static void test_mkdir_p(void **state)
@@ -109,6 +128,7 @@ int main(void)
     cmocka_set_message_output(CM_OUTPUT_TAP);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_write_atomic),
+        cmocka_unit_test(test_fsync),
         cmocka_unit_test(test_mkdir_p),
         cmocka_unit_test(test_port_file),
     };
