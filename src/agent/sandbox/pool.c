@@ -48,7 +48,6 @@ struct sbx_pool {
     size_t nents;
     pool_want_t *wants;
     size_t nwants;
-    bool filling; /* the filler is making an entry (ents has its NULL slot) */
     bool stop;
     pthread_t thread;
     bool started;
@@ -79,6 +78,25 @@ static unsigned count_for(const struct sbx_pool *p, const char *tdir)
         if (strcmp(p->ents[i].tdir, tdir) == 0)
             n++;
     return n;
+}
+
+/* Whether an entry of tdir is being made (the filler's NULL entry); lock held. */
+static bool making(const struct sbx_pool *p, const char *tdir)
+{
+    for (size_t i = 0; i < p->nents; i++)
+        if (!p->ents[i].s && strcmp(p->ents[i].tdir, tdir) == 0)
+            return true;
+    return false;
+}
+
+/* Stop filling tdir's pool (until the next create from it); lock held. */
+static void forget_want(struct sbx_pool *p, const char *tdir)
+{
+    for (size_t i = 0; i < p->nwants; i++)
+        if (strcmp(p->wants[i].tdir, tdir) == 0) {
+            p->wants[i] = p->wants[--p->nwants];
+            return;
+        }
 }
 
 /* The template most in need of an entry that is due, or -1; lock held. */
@@ -122,7 +140,6 @@ static void *filler_main(void *ud)
         memset(ne, 0, sizeof *ne);
         snprintf(ne->tdir, sizeof ne->tdir, "%s", tdir);
         ne->st = st;
-        p->filling = true;
         pthread_mutex_unlock(&p->lock);
 
         sbx_t *s = NULL;
@@ -131,7 +148,6 @@ static void *filler_main(void *ud)
         int rc = sbx__pool_make(m, tdir, &s, &e);
 
         pthread_mutex_lock(&p->lock);
-        p->filling = false;
         /* Our entry is the only NULL one. */
         size_t i = 0;
         while (i < p->nents && p->ents[i].s)
@@ -147,12 +163,7 @@ static void *filler_main(void *ud)
         pthread_cond_broadcast(&p->cond);
         if (rc < 0) {
             log_warn("pool.fill_failed", "template=%s err=\"%s\"", tdir, e.msg);
-            /* Do not retry at once: forget the want until the next create. */
-            for (size_t k = 0; k < p->nwants; k++)
-                if (strcmp(p->wants[k].tdir, tdir) == 0) {
-                    p->wants[k] = p->wants[--p->nwants];
-                    break;
-                }
+            forget_want(p, tdir); /* no retry at once: the next create asks again */
         }
         if (!keep && s) {
             pthread_mutex_unlock(&p->lock);
@@ -243,9 +254,9 @@ void sbx__pool_want(sbx_mgr_t *m, const char *tdir)
     pthread_mutex_unlock(&p->lock);
 }
 
-/* Take out every ready entry for which drop() says so (waiting for an entry being made of
- * tdir first, when tdir is given), and destroy them. */
-static void drain(sbx_mgr_t *m, const char *tdir, bool idle_only)
+/* Take out and destroy the ready entries of tdir (after waiting for one being made of it), or,
+ * with tdir NULL, those of templates not used lately, deleted or replaced. */
+static void drain(sbx_mgr_t *m, const char *tdir)
 {
     struct sbx_pool *p = m->pool;
     if (!p)
@@ -255,20 +266,9 @@ static void drain(sbx_mgr_t *m, const char *tdir, bool idle_only)
     int64_t now = sbx__mono_ms();
     pthread_mutex_lock(&p->lock);
     if (tdir) {
-        for (size_t i = 0; i < p->nwants; i++)
-            if (strcmp(p->wants[i].tdir, tdir) == 0) {
-                p->wants[i] = p->wants[--p->nwants];
-                break;
-            }
-        while (p->filling && count_for(p, tdir) > 0) {
-            bool making = false;
-            for (size_t i = 0; i < p->nents; i++)
-                if (!p->ents[i].s && strcmp(p->ents[i].tdir, tdir) == 0)
-                    making = true;
-            if (!making)
-                break;
+        forget_want(p, tdir);
+        while (making(p, tdir))
             pthread_cond_wait(&p->cond, &p->lock);
-        }
     }
     for (size_t i = 0; i < p->nents;) {
         pool_ent_t *x = &p->ents[i];
@@ -293,7 +293,7 @@ static void drain(sbx_mgr_t *m, const char *tdir, bool idle_only)
         out[nout++] = x->s;
         *x = p->ents[--p->nents];
     }
-    if (idle_only) {
+    if (!tdir) {
         for (size_t k = 0; k < p->nwants;) {
             if (now - p->wants[k].used_ms >= POOL_IDLE_S * 1000LL)
                 p->wants[k] = p->wants[--p->nwants];
@@ -309,10 +309,10 @@ static void drain(sbx_mgr_t *m, const char *tdir, bool idle_only)
 
 void sbx__pool_drop_template(sbx_mgr_t *m, const char *tdir)
 {
-    drain(m, tdir, false);
+    drain(m, tdir);
 }
 
 void sbx__pool_reap(sbx_mgr_t *m)
 {
-    drain(m, NULL, true);
+    drain(m, NULL);
 }

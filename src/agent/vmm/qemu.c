@@ -1624,6 +1624,20 @@ static int ignore_shared(vmm_vm_t *vm, err_t *e)
  * configuration section) into a stream migrate-incoming loads: QEMU's loader insists on the
  * configuration section (machine name; no capabilities, since none was set on the saving side)
  * right after the header, and looks for a VM description after the end marker. */
+/* A stream section of one type byte, a big-endian 32-bit length and the bytes of str, at out;
+ * returns its size. NULL out: only the size. */
+static size_t put_section(uint8_t *out, uint8_t type, const char *str)
+{
+    size_t n = strlen(str);
+    if (out) {
+        out[0] = type;
+        out[1] = (uint8_t)(n >> 24), out[2] = (uint8_t)(n >> 16), out[3] = (uint8_t)(n >> 8),
+        out[4] = (uint8_t)n;
+        memcpy(out + 5, str, n);
+    }
+    return 5 + n;
+}
+
 static int fix_device_stream(int fd, err_t *e)
 {
     struct stat st;
@@ -1633,8 +1647,10 @@ static int fix_device_stream(int fd, err_t *e)
         return err_set(e, -EIO, "vmm: save: QEMU wrote %jd bytes of device state",
                        (intmax_t)st.st_size);
     size_t len = (size_t)st.st_size;
-    static const char name[] = QEMU_MACHINE, desc[] = "{}";
-    size_t cfg_len = 1 + 4 + sizeof name - 1, desc_len = 1 + 4 + sizeof desc - 1;
+    /* The configuration section is the machine's name (no capabilities: none was set to save);
+     * the VM description is an empty JSON object. */
+    size_t cfg_len = put_section(NULL, QEMU_VM_CONFIGURATION, QEMU_MACHINE);
+    size_t desc_len = put_section(NULL, QEMU_VM_VMDESCRIPTION, "{}");
     uint8_t *buf = xmalloc(len + cfg_len + desc_len);
     int rc = 0;
     ssize_t n = pread(fd, buf, len, 0);
@@ -1645,18 +1661,8 @@ static int fix_device_stream(int fd, err_t *e)
     }
     memmove(buf + QEMU_STREAM_HEADER_LEN + cfg_len, buf + QEMU_STREAM_HEADER_LEN,
             len - QEMU_STREAM_HEADER_LEN);
-    uint8_t *c = buf + QEMU_STREAM_HEADER_LEN;
-    c[0] = QEMU_VM_CONFIGURATION;
-    uint32_t nl = (uint32_t)(sizeof name - 1);
-    c[1] = (uint8_t)(nl >> 24), c[2] = (uint8_t)(nl >> 16), c[3] = (uint8_t)(nl >> 8),
-    c[4] = (uint8_t)nl;
-    memcpy(c + 5, name, sizeof name - 1);
-    uint8_t *d = buf + len + cfg_len;
-    uint32_t dl = (uint32_t)(sizeof desc - 1);
-    d[0] = QEMU_VM_VMDESCRIPTION;
-    d[1] = (uint8_t)(dl >> 24), d[2] = (uint8_t)(dl >> 16), d[3] = (uint8_t)(dl >> 8),
-    d[4] = (uint8_t)dl;
-    memcpy(d + 5, desc, sizeof desc - 1);
+    put_section(buf + QEMU_STREAM_HEADER_LEN, QEMU_VM_CONFIGURATION, QEMU_MACHINE);
+    put_section(buf + len + cfg_len, QEMU_VM_VMDESCRIPTION, "{}");
     size_t total = len + cfg_len + desc_len;
     if (pwrite(fd, buf, total, 0) != (ssize_t)total)
         rc = err_errno(e, "vmm: save: write state");
