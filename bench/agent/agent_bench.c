@@ -56,16 +56,9 @@ static char *create(void)
 
 static long rss_kib(pid_t pid)
 {
-    char path[64], line[256];
+    char path[64];
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "re");
-    long kib = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kib = strtol(line + 6, NULL, 10);
-    if (f)
-        fclose(f);
-    return kib;
+    return ba_proc_kib(path, "VmRSS:");
 }
 
 /* ---- raw QEMU ---------------------------------------------------------------------------- */

@@ -126,6 +126,20 @@ void ba_stop_agent(void)
     a->scratch[0] = '\0';
 }
 
+long ba_proc_kib(const char *path, const char *key)
+{
+    char line[256];
+    size_t kl = strlen(key);
+    FILE *f = fopen(path, "re");
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, key, kl) == 0)
+            kib = strtol(line + kl, NULL, 10);
+    if (f)
+        fclose(f);
+    return kib;
+}
+
 void ba_show_agent_warnings(void)
 {
     char log[600], line[1024];

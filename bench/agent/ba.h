@@ -44,6 +44,10 @@ bool ba_exec_hi(const char *id);
 /** DestroySandbox, answer ignored. */
 void ba_destroy(const char *id);
 
+/** The number after `key` (e.g. "VmRSS:", "Pss:", "MemFree:") in a /proc file of "key value kB"
+ * lines, in KiB; -1 when the file or the key is missing. */
+long ba_proc_kib(const char *path, const char *key);
+
 /** Whether the guest's envd behind host_ip answers /health within 300 ms (as the agent asks). */
 bool ba_health(const char *host_ip);
 

@@ -150,34 +150,17 @@ static long long newest_layer_bytes(const char *id)
 /* Proportional set size of pid in KiB (smaps_rollup). */
 static long pss_kib(pid_t pid)
 {
-    char path[64], line[256];
+    char path[64];
     snprintf(path, sizeof path, "/proc/%d/smaps_rollup", (int)pid);
-    FILE *f = fopen(path, "re");
-    long kib = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "Pss:", 4) == 0)
-            kib = strtol(line + 4, NULL, 10);
-    if (f)
-        fclose(f);
-    return kib;
+    long k = ba_proc_kib(path, "Pss:");
+    return k > 0 ? k : 0;
 }
 
 /* Host memory in use, page cache included (MemTotal - MemFree), in KiB: what a set of VMs
  * costs the host, also in page cache no process maps (memfs's, a RAM file's). */
 static long used_kib(void)
 {
-    FILE *f = fopen("/proc/meminfo", "re");
-    char line[256];
-    long total = 0, free_ = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        if (strncmp(line, "MemTotal:", 9) == 0)
-            total = strtol(line + 9, NULL, 10);
-        else if (strncmp(line, "MemFree:", 8) == 0)
-            free_ = strtol(line + 8, NULL, 10);
-    }
-    if (f)
-        fclose(f);
-    return total - free_;
+    return ba_proc_kib("/proc/meminfo", "MemTotal:") - ba_proc_kib("/proc/meminfo", "MemFree:");
 }
 
 /* How many creates the agent served from its warm pool so far (its log's sandbox.created lines
