@@ -811,6 +811,31 @@ static void set_bit(uint8_t *d, uint64_t b)
     d[b / 8] |= (uint8_t)(1u << (b % 8));
 }
 
+/* A generation-0 map in dir of a RAM file whose first ndata of nb blocks hold tag 1 (ref gets
+ * the content, nb blocks). */
+static mem_map_t *full_parent(const char *dir, const char *ram, uint64_t nb, uint64_t ndata,
+                              uint8_t *ref)
+{
+    int fd = create_file(ram, nb * BS);
+    for (uint64_t b = 0; b < ndata; b++) {
+        fill_block(ref + b * BS, b, 1);
+        pwrite_block(fd, ref + b * BS, b);
+    }
+    close(fd);
+    err_t e = {0};
+    mem_map_t *parent = NULL;
+    assert_int_equal(mem_commit_full(ram, nb * BS, dir, &parent, &e), 0);
+    return parent;
+}
+
+/* Write block b of the upper file fd with tag's content, into ref too, and mark it dirty. */
+static void write_dirty(int fd, uint64_t b, uint32_t tag, uint8_t *ref, uint8_t *dirty)
+{
+    fill_block(ref + b * BS, b, tag);
+    pwrite_block(fd, ref + b * BS, b);
+    set_bit(dirty, b);
+}
+
 static void expect_ext(const mem_map_t *m, const mem_extent_t *want, size_t n)
 {
     if (m->next != n)
@@ -912,29 +937,17 @@ static void test_commit_diff_overlay(void **state)
     snprintf(upper, sizeof upper, "%s/upper", root);
     const uint64_t nb = 32, size = nb * BS;
     uint8_t *ref = xcalloc(nb, BS);
-    int fd = create_file(ram, size);
-    for (uint64_t b = 0; b < 24; b++) {
-        fill_block(ref + b * BS, b, 1);
-        pwrite_block(fd, ref + b * BS, b);
-    }
-    close(fd);
+    mem_map_t *parent = full_parent(dir, ram, nb, 24, ref);
     err_t e = {0};
-    mem_map_t *parent = NULL;
-    assert_int_equal(mem_commit_full(ram, size, dir, &parent, &e), 0);
 
     /* upper: shorter than the memory (a file that was never extended reads as zero). */
     uint8_t dirty[4] = {0};
-    fd = create_file(upper, size - 4 * BS);
+    int fd = create_file(upper, size - 4 * BS);
     uint8_t blk[BS];
     static const uint8_t zero[BS];
     const uint64_t data_blocks[] = {2, 4, 10, 25};
-    for (size_t i = 0; i < 4; i++) {
-        uint64_t b = data_blocks[i];
-        fill_block(blk, b, 2);
-        pwrite_block(fd, blk, b);
-        memcpy(ref + b * BS, blk, BS);
-        set_bit(dirty, b);
-    }
+    for (size_t i = 0; i < 4; i++)
+        write_dirty(fd, data_blocks[i], 2, ref, dirty);
     pwrite_block(fd, zero, 3); /* written zeros: zero wins over the parent's data */
     memset(ref + 3 * BS, 0, BS);
     set_bit(dirty, 3);
@@ -999,12 +1012,8 @@ static void test_commit_diff_overlay(void **state)
     fd = create_file(upper, size);
     memset(dirty, 0, sizeof dirty);
     for (uint64_t b = 0; b < nb; b++)
-        if (mem_map_lookup(m3, b, NULL) == 1) {
-            fill_block(blk, b, 3);
-            pwrite_block(fd, blk, b);
-            memcpy(ref + b * BS, blk, BS);
-            set_bit(dirty, b);
-        }
+        if (mem_map_lookup(m3, b, NULL) == 1)
+            write_dirty(fd, b, 3, ref, dirty);
     close(fd);
     mem_map_t *m4 = NULL;
     assert_int_equal(mem_commit_diff(m3, upper, dirty, dir, 0, &m4, &e), 0);
@@ -1044,28 +1053,15 @@ static void test_commit_diff_sparse(void **state)
     snprintf(upper, sizeof upper, "%s/supper", root);
     const uint64_t nb = 64, size = nb * BS;
     uint8_t *ref = xcalloc(nb, BS);
-    int fd = create_file(ram, size);
-    for (uint64_t b = 0; b < 40; b++) {
-        fill_block(ref + b * BS, b, 1);
-        pwrite_block(fd, ref + b * BS, b);
-    }
-    close(fd);
+    mem_map_t *parent = full_parent(dir, ram, nb, 40, ref);
     err_t e = {0};
-    mem_map_t *parent = NULL;
-    assert_int_equal(mem_commit_full(ram, size, dir, &parent, &e), 0);
 
     uint8_t dirty[8] = {0};
-    fd = create_file(upper, size);
-    uint8_t blk[BS];
+    int fd = create_file(upper, size);
     /* data blocks, some next to each other, one past the parent's data */
     const uint64_t data_blocks[] = {0, 1, 2, 9, 33, 50, 63};
-    for (size_t i = 0; i < sizeof data_blocks / sizeof data_blocks[0]; i++) {
-        uint64_t b = data_blocks[i];
-        fill_block(blk, b, 5);
-        pwrite_block(fd, blk, b);
-        memcpy(ref + b * BS, blk, BS);
-        set_bit(dirty, b);
-    }
+    for (size_t i = 0; i < sizeof data_blocks / sizeof data_blocks[0]; i++)
+        write_dirty(fd, data_blocks[i], 5, ref, dirty);
     /* dirty holes: blocks the writer found zero */
     const uint64_t zero_blocks[] = {3, 10, 11, 39, 62};
     for (size_t i = 0; i < sizeof zero_blocks / sizeof zero_blocks[0]; i++) {
