@@ -415,6 +415,17 @@ typedef struct rw_arg {
     uint8_t *expect; /* new content (after the writes) */
 } rw_arg_t;
 
+/* Whether a mapping of the memfs file shows exactly the map's content (says where not). */
+static bool matches_map(const uint8_t *m)
+{
+    for (uint64_t b = 0; b < size / BS; b++)
+        if (memcmp(m + b * BS, want + b * BS, BS) != 0) {
+            fprintf(stderr, "# child: block %" PRIu64 " differs from the map\n", b);
+            return false;
+        }
+    return true;
+}
+
 static int child_rw(void *p)
 {
     rw_arg_t *a = p;
@@ -434,11 +445,8 @@ static int child_rw(void *p)
         return 3;
     /* As QEMU does with guest RAM: dirty tracking must stay per 4 KiB page even so. */
     madvise(m, size, MADV_HUGEPAGE);
-    for (uint64_t b = 0; b < size / BS; b++)
-        if (memcmp(m + b * BS, want + b * BS, BS) != 0) {
-            fprintf(stderr, "# child: block %" PRIu64 " differs from the map\n", b);
-            return 4;
-        }
+    if (!matches_map(m))
+        return 4;
     for (size_t i = 0; i < sizeof mm_blocks / sizeof mm_blocks[0]; i++)
         memcpy(m + mm_blocks[i] * BS, a->expect + mm_blocks[i] * BS, BS);
     if (pwrite(fd, a->expect + PW1_OFF, 100, PW1_OFF) != 100 ||
@@ -569,11 +577,8 @@ static int child_ro(void *p)
     if (m == MAP_FAILED)
         return 6;
     madvise(m, size, MADV_HUGEPAGE);
-    for (uint64_t b = 0; b < size / BS; b++)
-        if (memcmp(m + b * BS, want + b * BS, BS) != 0) {
-            fprintf(stderr, "# child: block %" PRIu64 " differs from the map\n", b);
-            return 7;
-        }
+    if (!matches_map(m))
+        return 7;
     memset(m, 0xee, 3 * BS);
     munmap(m, size);
     close(fd);
