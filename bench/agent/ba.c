@@ -3,6 +3,7 @@
 #include "httpc.h"
 #include "net/net.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -43,7 +44,47 @@ double ba_pct(double *v, int n, double p)
 const char *ba_cache(void)
 {
     const char *c = getenv("WRENN_BENCH_IMAGE_CACHE");
-    return c && *c ? c : "/var/cache/wrenn/test-images";
+    return c && *c ? c : "/var/cache/wrenn/bench-images";
+}
+
+int ba_ensure_image(const char *agent_bin, const char *name)
+{
+    char envd[600], envv[700], cache[400];
+    const char *ev = getenv("WRENN_BENCH_ENVD_BIN");
+    if (ev && *ev) {
+        snprintf(envd, sizeof envd, "%s", ev);
+    } else {
+        /* <build>/src/agent/wrenn-agent -> <build>/src/envd/wrenn-envd */
+        snprintf(envd, sizeof envd, "%s", agent_bin);
+        char *slash = strrchr(envd, '/');
+        size_t at = slash ? (size_t)(slash - envd) : 0;
+        snprintf(envd + at, sizeof envd - at, "%s../envd/wrenn-envd", slash ? "/" : "");
+    }
+    if (access(envd, X_OK) < 0) {
+        fprintf(stderr, "bench: no wrenn-envd at %s (set WRENN_BENCH_ENVD_BIN)\n", envd);
+        return -1;
+    }
+    snprintf(cache, sizeof cache, "%s", ba_cache());
+    mkdir(cache, 0755);
+    snprintf(envv, sizeof envv, "WRENN_ENVD_BIN=%s", envd);
+    char *const argv[] = {
+        (char *)agent_bin,        "image", "build", (char *)name, "--root", cache, "--images-dir",
+        BA_SOURCE_ROOT "/images", NULL};
+    char *const envp[] = {envv, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                          NULL};
+    /* Progress goes to stderr: stdout carries the table. */
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, 2, 1);
+    pid_t pid;
+    int r = posix_spawn(&pid, agent_bin, &fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    if (r != 0)
+        return -1;
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
 
 unsigned ba_tsc_khz(void)

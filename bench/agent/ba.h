@@ -24,8 +24,12 @@ extern ba_agent_t ba_agent;
 double ba_now_ms(void);
 /** The p-quantile (0..1) of v[0..n) (sorts v); -1 when n <= 0. */
 double ba_pct(double *v, int n, double p);
-/** The image cache (WRENN_BENCH_IMAGE_CACHE, default /var/cache/wrenn/test-images). */
+/** The image cache (WRENN_BENCH_IMAGE_CACHE, default /var/cache/wrenn/bench-images). */
 const char *ba_cache(void);
+/** Build (or find cached) image name in the cache with `agent_bin image build`, its guest agent
+ * the wrenn-envd of agent_bin's own build (WRENN_BENCH_ENVD_BIN overrides): a bench measures
+ * the envd it ships with, not an ASan one that a test run left in a shared cache. 0 or -1. */
+int ba_ensure_image(const char *agent_bin, const char *name);
 /** The host TSC in kHz, as the agent hands it to a TCG guest. */
 unsigned ba_tsc_khz(void);
 

@@ -16,7 +16,7 @@
  *  - host memory for 10 template clones (PSS of their QEMU and memfs processes, and the growth of
  *    the host's memory in use, page cache included) beside 10 raw
  *    restores of the same template.
- * Needs root and the images in WRENN_BENCH_IMAGE_CACHE (default /var/cache/wrenn/test-images).
+ * Needs root; builds the minimal image as bench/agent does (ba_ensure_image).
  */
 #include "ba.h"
 #include "buf.h"
@@ -535,6 +535,14 @@ int main(int argc, char **argv)
     int runs = getenv("WRENN_BENCH_RUNS") ? atoi(getenv("WRENN_BENCH_RUNS")) : 10;
     if (runs < 2)
         runs = 2;
+    if (geteuid() != 0) {
+        printf("snapshot_bench: needs root; skipped\n");
+        return 0;
+    }
+    if (ba_ensure_image(argv[1], "minimal") < 0) {
+        fprintf(stderr, "snapshot_bench: cannot build the minimal image in %s\n", ba_cache());
+        return 1;
+    }
     if (ba_start_agent(argv[1], "snapshot-bench") < 0) {
         fprintf(stderr, "snapshot_bench: the agent did not start\n");
         ba_stop_agent();

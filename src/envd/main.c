@@ -117,7 +117,11 @@ int envd_main(int argc, char **argv)
         return 1;
     }
     int bound = http_server_port(srv);
-    log_info("envd.listening", "port=%d version=%s in_vm=%d", bound, ENVD_VERSION, (int)in_vm);
+    /* uptime_ms: how long the guest took from its kernel's start to serving (boot diagnostics). */
+    struct timespec up;
+    clock_gettime(CLOCK_BOOTTIME, &up);
+    log_info("envd.listening", "port=%d version=%s in_vm=%d uptime_ms=%lld", bound, ENVD_VERSION,
+             (int)in_vm, (long long)up.tv_sec * 1000 + up.tv_nsec / 1000000);
     if (in_vm)
         proc_warm_up(&d);
     if (port_file && fsutil_write_port_file(port_file, bound, &e) < 0)

@@ -387,6 +387,7 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
         err_wrap(e, "guest init");
         goto fail;
     }
+    int64_t t_init = sbx__mono_ms();
     s->created_at = sbx__now_s();
     atomic_store(&s->last_active_at, s->created_at);
     if ((rc = sbx__record_save(s, e)) < 0) {
@@ -396,12 +397,13 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
     s->state = SBX_RUNNING;
     sbx__fill_info(s, out);
     pthread_mutex_unlock(&s->lock);
+    int64_t t_end = sbx__mono_ms();
     log_info("sandbox.created",
              "sandbox=%s template=%s slot=%d vcpus=%u memory_mb=%u host_ip=%s dur_ms=%lld "
-             "vm_ms=%lld boot_ms=%lld",
+             "vm_ms=%lld boot_ms=%lld init_ms=%lld record_ms=%lld",
              s->id, s->template_name, s->slot, s->vcpus, s->memory_mb, s->net.host_ip,
-             (long long)(sbx__mono_ms() - t0), (long long)(t_vm - t0),
-             (long long)(t_health - t_vm));
+             (long long)(t_end - t0), (long long)(t_vm - t0), (long long)(t_health - t_vm),
+             (long long)(t_init - t_health), (long long)(t_end - t_init));
     sbx__unref(m, s);
     return 0;
 
