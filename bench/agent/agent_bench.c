@@ -184,6 +184,7 @@ int main(int argc, char **argv)
         return 1;
     }
     int runs = getenv("WRENN_BENCH_RUNS") ? atoi(getenv("WRENN_BENCH_RUNS")) : 10;
+    bool verbose = getenv("WRENN_BENCH_VERBOSE") != NULL; /* each run's pair, on stderr */
     int rss_n = getenv("WRENN_BENCH_RSS_N") ? atoi(getenv("WRENN_BENCH_RSS_N")) : 4;
     if (runs < 1 || runs > 1000 || rss_n < 1 || rss_n > 64)
         return 2;
@@ -228,6 +229,9 @@ int main(int argc, char **argv)
         free(id);
         if ((raw[i] = raw_boot(dir)) < 0)
             goto out;
+        if (verbose)
+            fprintf(stderr, "agent_bench: run %d: agent %.0f ms (create %.0f), raw %.0f ms\n", i,
+                    agent[i], made[i], raw[i]);
     }
     snprintf(p, sizeof p, "%s/raw-console.log", dir);
     unlink(p);

@@ -131,6 +131,8 @@ int httpc_do(httpc_t *c, const httpc_req_t *req, httpc_resp_t *resp, err_t *e)
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
     if (req->timeout_ms > 0)
         curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, req->timeout_ms);
+    if (req->connect_timeout_ms > 0)
+        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, req->connect_timeout_ms);
     if (req->idle_timeout_ms > 0) {
         /* libcurl's low-speed check works in whole seconds: < 1 byte/s for that long aborts. */
         curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);

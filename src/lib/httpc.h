@@ -45,9 +45,10 @@ typedef struct httpc_req {
      * to abort the transfer (then httpc_do returns -ECANCELED). */
     int (*on_data)(void *ud, const char *data, size_t len);
     void *ud;
-    long timeout_ms;      /* 0: none */
-    long idle_timeout_ms; /* abort when no byte moves for this long (>= 1 s); 0: none */
-    bool accept_gzip;     /* let libcurl ask for and decode gzip */
+    long timeout_ms;         /* 0: none */
+    long connect_timeout_ms; /* for the TCP connect alone; 0: libcurl's default */
+    long idle_timeout_ms;    /* abort when no byte moves for this long (>= 1 s); 0: none */
+    bool accept_gzip;        /* let libcurl ask for and decode gzip */
 } httpc_req_t;
 
 /** Perform the request. Returns 0 when a response arrived (any status), or a negative errno:

@@ -93,13 +93,11 @@ static int guest_status_err(const httpc_resp_t *r, const char *what, err_t *e)
     return code;
 }
 
-int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e)
-{
-    return envdc_reinit(c, NULL, env_vars, false, e);
-}
-
-int envdc_reinit(const envdc_t *c, const char *old_token, const json_t *env_vars, bool entropy,
-                 err_t *e)
+/* One POST /init: the current wall-clock time, env_vars, c->token as the new token (old_token,
+ * or c->token, shown to authorise it) and, with entropy, 64 bytes of host randomness. Returns
+ * httpc_do's result; the answer is in r. */
+static int post_init(httpc_t *h, const envdc_t *c, const char *old_token, const json_t *env_vars,
+                     bool entropy, const httpc_req_t *limits, httpc_resp_t *r, err_t *e)
 {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -141,21 +139,74 @@ int envdc_reinit(const envdc_t *c, const char *old_token, const json_t *env_vars
     const char *cur = old_token ? old_token : c->token;
     snprintf(tok, sizeof tok, "X-Access-Token: %s", cur);
     const char *hdrs[] = {"Content-Type: application/json", cur[0] ? tok : NULL, NULL};
-    httpc_t *h = httpc_new();
-    httpc_resp_t r;
-    httpc_resp_init(&r);
     httpc_req_t q = {.method = "POST",
                      .url = url,
                      .headers = hdrs,
                      .body = b.data,
                      .body_len = b.len,
-                     .timeout_ms = 10000};
-    int rc = httpc_do(h, &q, &r, e);
+                     .timeout_ms = limits->timeout_ms,
+                     .connect_timeout_ms = limits->connect_timeout_ms};
+    int rc = httpc_do(h, &q, r, e);
+    buf_fini(&b);
+    return rc;
+}
+
+int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e)
+{
+    return envdc_reinit(c, NULL, env_vars, false, e);
+}
+
+int envdc_reinit(const envdc_t *c, const char *old_token, const json_t *env_vars, bool entropy,
+                 err_t *e)
+{
+    httpc_t *h = httpc_new();
+    httpc_resp_t r;
+    httpc_resp_init(&r);
+    httpc_req_t limits = {.timeout_ms = 10000};
+    int rc = post_init(h, c, old_token, env_vars, entropy, &limits, &r, e);
     if (rc == 0 && (r.status < 200 || r.status >= 300))
         rc = guest_status_err(&r, "init", e);
     httpc_resp_fini(&r);
     httpc_free(h);
-    buf_fini(&b);
+    return rc;
+}
+
+int envdc_wait_init(const envdc_t *c, long timeout_ms, int (*alive)(void *ud), void *ud,
+                    const char *old_token, const json_t *env_vars, bool entropy, err_t *e)
+{
+    httpc_t *h = httpc_new();
+    httpc_resp_t r;
+    httpc_resp_init(&r);
+    int64_t end = mono_ms() + timeout_ms;
+    int rc;
+    for (;;) {
+        /* As envdc_wait_health: short connects, since until the guest's network is up a SYN is
+         * lost without a word. Once connected, a guest just booted may take a while to answer;
+         * a retry after a timeout is harmless: it sets the same token (the body's token, already
+         * the guest's, authorises it) with a newer timestamp. */
+        long left = (long)(end - mono_ms());
+        httpc_req_t limits = {.timeout_ms = left < 10000 ? (left > 300 ? left : 300) : 10000,
+                              .connect_timeout_ms = 300};
+        err_t ign = {0};
+        rc = post_init(h, c, old_token, env_vars, entropy, &limits, &r, &ign);
+        if (rc == 0) {
+            if (r.status < 200 || r.status >= 300)
+                rc = guest_status_err(&r, "init", e);
+            break;
+        }
+        if (alive && !alive(ud)) {
+            rc = err_set(e, -ECHILD, "the VM exited before its guest agent answered");
+            break;
+        }
+        if (mono_ms() >= end) {
+            rc = err_set(e, -ETIMEDOUT, "guest agent did not answer /init within %ld ms",
+                         timeout_ms);
+            break;
+        }
+        usleep(20000);
+    }
+    httpc_resp_fini(&r);
+    httpc_free(h);
     return rc;
 }
 

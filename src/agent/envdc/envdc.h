@@ -40,6 +40,12 @@ int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e);
 int envdc_reinit(const envdc_t *c, const char *old_token, const json_t *env_vars, bool entropy,
                  err_t *e);
 
+/** envdc_reinit as the first call to a guest that is still starting: POST /init is tried every
+ * 20 ms (short connects) until the guest answers, which saves a separate /health round trip.
+ * timeout_ms and alive as for envdc_wait_health; a guest's error answer ends the wait. */
+int envdc_wait_init(const envdc_t *c, long timeout_ms, int (*alive)(void *ud), void *ud,
+                    const char *old_token, const json_t *env_vars, bool entropy, err_t *e);
+
 /** Callbacks of one process run; any may be NULL. A callback returning < 0 stops the call
  * (envdc_exec then returns -ECANCELED; the guest process keeps running). */
 typedef struct envdc_exec_cb {

@@ -378,13 +378,10 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
     int64_t t_vm = sbx__mono_ms();
     envdc_t c;
     envdc_target(&c, s->net.host_ip, m->guest_port, s->token);
-    if ((rc = envdc_wait_health(&c, m->boot_timeout_ms, sbx__vm_alive_cb, s->vm, e)) < 0) {
-        err_wrap(e, "boot");
-        goto fail;
-    }
-    int64_t t_health = sbx__mono_ms();
-    if ((rc = envdc_init(&c, req->env_vars, e)) < 0) {
-        err_wrap(e, "guest init");
+    /* The first answer of the booting guest is its /init: no separate /health round trip. */
+    if ((rc = envdc_wait_init(&c, m->boot_timeout_ms, sbx__vm_alive_cb, s->vm, NULL, req->env_vars,
+                              false, e)) < 0) {
+        err_wrap(e, rc == -ETIMEDOUT || rc == -ECHILD ? "boot" : "guest init");
         goto fail;
     }
     int64_t t_init = sbx__mono_ms();
@@ -400,10 +397,10 @@ int sbx_create(sbx_mgr_t *m, const sbx_create_req_t *req, sbx_info_t *out, err_t
     int64_t t_end = sbx__mono_ms();
     log_info("sandbox.created",
              "sandbox=%s template=%s slot=%d vcpus=%u memory_mb=%u host_ip=%s dur_ms=%lld "
-             "vm_ms=%lld boot_ms=%lld init_ms=%lld record_ms=%lld",
+             "vm_ms=%lld boot_ms=%lld record_ms=%lld",
              s->id, s->template_name, s->slot, s->vcpus, s->memory_mb, s->net.host_ip,
-             (long long)(t_end - t0), (long long)(t_vm - t0), (long long)(t_health - t_vm),
-             (long long)(t_init - t_health), (long long)(t_end - t_init));
+             (long long)(t_end - t0), (long long)(t_vm - t0), (long long)(t_init - t_vm),
+             (long long)(t_end - t_init));
     sbx__unref(m, s);
     return 0;
 

@@ -671,14 +671,13 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
     int64_t t_restore = sbx__mono_ms();
     envdc_t c;
     envdc_target(&c, s->net.host_ip, m->guest_port, s->token);
-    if ((rc = envdc_wait_health(&c, m->boot_timeout_ms, sbx__vm_alive_cb, s->vm, e)) < 0) {
-        err_wrap(e, "resume");
-        goto out;
-    }
-    int64_t t_health = sbx__mono_ms();
     if (s->state == SBX_POOLED) {
         /* For the warm pool: run what a first command runs (under TCG its code is translated
          * then), and stop the vCPUs until someone claims it (/init is done then). */
+        if ((rc = envdc_wait_health(&c, m->boot_timeout_ms, sbx__vm_alive_cb, s->vm, e)) < 0) {
+            err_wrap(e, "resume");
+            goto out;
+        }
         static const char *const args[] = {"-c", "true"};
         envdc_exec_req_t r = {.cmd = "/bin/sh", .args = args, .nargs = 2, .timeout_ms = 30000};
         envdc_exec_cb_t none = {0};
@@ -686,11 +685,14 @@ static int restore(sbx_mgr_t *m, sbx_t *s, const char *old_token, const json_t *
             err_wrap(e, "warm up");
             goto out;
         }
-    } else if ((rc = envdc_reinit(&c, old_token, env_vars, true, e)) < 0) {
-        /* The guest clock stood still while paused: /init sets it, and reseeds the RNG. */
-        err_wrap(e, "guest init");
+    } else if ((rc = envdc_wait_init(&c, m->boot_timeout_ms, sbx__vm_alive_cb, s->vm, old_token,
+                                     env_vars, true, e)) < 0) {
+        /* The guest clock stood still while paused: /init sets it, and reseeds the RNG. Its
+         * answer is also the sign that the guest runs again (no separate /health). */
+        err_wrap(e, rc == -ETIMEDOUT || rc == -ECHILD ? "resume" : "guest init");
         goto out;
     }
+    int64_t t_health = sbx__mono_ms();
     log_info("sandbox.restored",
              "sandbox=%s slot=%d generation=%u memfs_ms=%lld vm_ms=%lld restore_ms=%lld "
              "health_ms=%lld dur_ms=%lld",

@@ -44,6 +44,7 @@
 #include <sys/ioctl.h>
 #include <sys/pidfd.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -1119,6 +1120,11 @@ void proc_table_free(struct proc_table *t)
 static void *warm_up(void *arg)
 {
     envd_t *d = arg;
+    /* Lowest priority (this thread and the child it forks): the guest's first requests (/init,
+     * the first command) must not queue behind the warm-up on a one-vCPU guest; it uses the
+     * time in between. */
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), 19) < 0)
+        log_debug("proc.warm_up_nice_failed", "err=%d", errno);
     envd_user_t u;
     err_t e = {0};
     if (envd_user_lookup("root", &u, &e) < 0)
