@@ -145,8 +145,9 @@ static double raw_boot(const char *dir)
         execv(argv[0], argv);
         _exit(127);
     }
+    bool net_up = false;
     while (ba_now_ms() - t0 < 60000) {
-        if (ba_health(ns.host_ip)) {
+        if (ba_health(ns.host_ip, &net_up)) {
             ms = ba_now_ms() - t0;
             break;
         }

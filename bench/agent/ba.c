@@ -241,15 +241,22 @@ void ba_destroy(const char *id)
     json_decref(ba_call("DestroySandbox", body, &st));
 }
 
-bool ba_health(const char *host_ip)
+bool ba_health(const char *host_ip, bool *net_up)
 {
     char url[128];
     snprintf(url, sizeof url, "http://%s:%d/health", host_ip, NET_ENVD_PORT);
     httpc_t *c = httpc_new();
     httpc_resp_t r;
     httpc_resp_init(&r);
-    httpc_req_t q = {.method = "GET", .url = url, .timeout_ms = 300};
-    bool ok = httpc_do(c, &q, &r, NULL) == 0 && r.status >= 200 && r.status < 300;
+    /* The agent's policy (envdc.c, connect_ms): 100 ms connects until the guest's network is
+     * seen up (a refused connect), 1 s after; then up to 2 s for the answer. */
+    httpc_req_t q = {.method = "GET",
+                     .url = url,
+                     .timeout_ms = 2000,
+                     .connect_timeout_ms = *net_up ? 1000 : 100};
+    int rc = httpc_do(c, &q, &r, NULL);
+    *net_up |= rc == -ECONNREFUSED;
+    bool ok = rc == 0 && r.status >= 200 && r.status < 300;
     httpc_resp_fini(&r);
     httpc_free(c);
     return ok;

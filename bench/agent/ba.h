@@ -52,7 +52,8 @@ void ba_destroy(const char *id);
  * lines, in KiB; -1 when the file or the key is missing. */
 long ba_proc_kib(const char *path, const char *key);
 
-/** Whether the guest's envd behind host_ip answers /health within 300 ms (as the agent asks). */
-bool ba_health(const char *host_ip);
+/** One try of the guest's envd /health behind host_ip, with the agent's connect policy: *net_up
+ * (false at first) becomes true once a connect was refused, and then allows longer connects. */
+bool ba_health(const char *host_ip, bool *net_up);
 
 #endif

@@ -455,8 +455,9 @@ static int raw_restore(raw_vm_t *v)
 
 static void raw_wait_health(raw_vm_t *v, double t0)
 {
+    bool net_up = false;
     while (ba_now_ms() - t0 < 60000) {
-        if (ba_health(v->ns.host_ip)) {
+        if (ba_health(v->ns.host_ip, &net_up)) {
             v->ms = ba_now_ms() - t0;
             if (raw_exec_hi(v->ns.host_ip))
                 v->exec_ms = ba_now_ms() - t0;

@@ -31,39 +31,6 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int envdc_wait_health(const envdc_t *c, long timeout_ms, int (*alive)(void *ud), void *ud, err_t *e)
-{
-    char url[128];
-    snprintf(url, sizeof url, "%s/health", c->base);
-    httpc_t *h = httpc_new();
-    httpc_resp_t r;
-    httpc_resp_init(&r);
-    int64_t end = mono_ms() + timeout_ms;
-    int rc = -ETIMEDOUT;
-    for (;;) {
-        /* Short tries: until the guest's network is up a SYN is silently lost, and waiting a
-         * full second for it would add that second to every boot. */
-        httpc_req_t q = {.method = "GET", .url = url, .timeout_ms = 300};
-        if (httpc_do(h, &q, &r, NULL) == 0 && r.status >= 200 && r.status < 300) {
-            rc = 0;
-            break;
-        }
-        if (alive && !alive(ud)) {
-            rc = err_set(e, -ECHILD, "the VM exited before its guest agent answered");
-            break;
-        }
-        if (mono_ms() >= end) {
-            rc = err_set(e, -ETIMEDOUT, "guest agent did not answer /health within %ld ms",
-                         timeout_ms);
-            break;
-        }
-        usleep(20000);
-    }
-    httpc_resp_fini(&r);
-    httpc_free(h);
-    return rc;
-}
-
 /* A guest REST error status as our errno; the guest's message is kept for logs. */
 static int guest_status_err(const httpc_resp_t *r, const char *what, err_t *e)
 {
@@ -171,42 +138,101 @@ int envdc_reinit(const envdc_t *c, const char *old_token, const json_t *env_vars
     return rc;
 }
 
-int envdc_wait_init(const envdc_t *c, long timeout_ms, int (*alive)(void *ud), void *ud,
-                    const char *old_token, const json_t *env_vars, bool entropy, err_t *e)
+/* How long one connect to a guest that is still starting may take. Until its network is up a
+ * SYN is lost without a word (and retried by TCP only after a second), so tries are short: a
+ * guest that comes up during a try is seen at most ~120 ms later. Once a connect was refused the
+ * guest's network is up and answers promptly unless the host is very busy, so, as after 10 s
+ * without an answer, tries may then take longer. */
+static long connect_ms(bool refused_seen, int64_t waited_ms)
+{
+    return refused_seen || waited_ms > 10000 ? 1000 : 100;
+}
+
+/* One try: returns httpc_do's result, the answer in r. */
+typedef int (*guest_try_fn)(httpc_t *h, const envdc_t *c, const httpc_req_t *limits, void *arg,
+                            httpc_resp_t *r);
+
+/* Try every 20 ms until the guest answers (any HTTP answer ends the wait: 0, and r holds it),
+ * alive says the VM is gone (-ECHILD) or timeout_ms passes (-ETIMEDOUT). */
+static int wait_guest(const envdc_t *c, long timeout_ms, int (*alive)(void *ud), void *ud,
+                      const char *what, guest_try_fn try, void *arg, httpc_resp_t *r, err_t *e)
 {
     httpc_t *h = httpc_new();
-    httpc_resp_t r;
-    httpc_resp_init(&r);
-    int64_t end = mono_ms() + timeout_ms;
+    int64_t t0 = mono_ms(), end = t0 + timeout_ms;
+    bool refused = false;
     int rc;
     for (;;) {
-        /* As envdc_wait_health: short connects, since until the guest's network is up a SYN is
-         * lost without a word. Once connected, a guest just booted may take a while to answer;
-         * a retry after a timeout is harmless: it sets the same token (the body's token, already
-         * the guest's, authorises it) with a newer timestamp. */
+        /* Once connected, a guest just booted may take a while to answer. */
         long left = (long)(end - mono_ms());
         httpc_req_t limits = {.timeout_ms = left < 10000 ? (left > 300 ? left : 300) : 10000,
-                              .connect_timeout_ms = 300};
-        err_t ign = {0};
-        rc = post_init(h, c, old_token, env_vars, entropy, &limits, &r, &ign);
-        if (rc == 0) {
-            if (r.status < 200 || r.status >= 300)
-                rc = guest_status_err(&r, "init", e);
+                              .connect_timeout_ms = connect_ms(refused, mono_ms() - t0)};
+        if ((rc = try(h, c, &limits, arg, r)) == 0)
             break;
-        }
+        refused |= rc == -ECONNREFUSED;
         if (alive && !alive(ud)) {
             rc = err_set(e, -ECHILD, "the VM exited before its guest agent answered");
             break;
         }
         if (mono_ms() >= end) {
-            rc = err_set(e, -ETIMEDOUT, "guest agent did not answer /init within %ld ms",
+            rc = err_set(e, -ETIMEDOUT, "guest agent did not answer %s within %ld ms", what,
                          timeout_ms);
             break;
         }
         usleep(20000);
     }
-    httpc_resp_fini(&r);
     httpc_free(h);
+    return rc;
+}
+
+static int try_health(httpc_t *h, const envdc_t *c, const httpc_req_t *limits, void *arg,
+                      httpc_resp_t *r)
+{
+    (void)arg;
+    char url[128];
+    snprintf(url, sizeof url, "%s/health", c->base);
+    httpc_req_t q = *limits;
+    q.method = "GET";
+    q.url = url;
+    int rc = httpc_do(h, &q, r, NULL);
+    /* Only a 2xx is health: anything else (a proxy, a guest still starting) is tried again. */
+    return rc == 0 && (r->status < 200 || r->status >= 300) ? -EAGAIN : rc;
+}
+
+int envdc_wait_health(const envdc_t *c, long timeout_ms, int (*alive)(void *ud), void *ud, err_t *e)
+{
+    httpc_resp_t r;
+    httpc_resp_init(&r);
+    int rc = wait_guest(c, timeout_ms, alive, ud, "/health", try_health, NULL, &r, e);
+    httpc_resp_fini(&r);
+    return rc;
+}
+
+struct init_args {
+    const char *old_token;
+    const json_t *env_vars;
+    bool entropy;
+};
+
+static int try_init(httpc_t *h, const envdc_t *c, const httpc_req_t *limits, void *arg,
+                    httpc_resp_t *r)
+{
+    const struct init_args *a = arg;
+    err_t ign = {0};
+    /* A retry after a timeout is harmless: it sets the same token (the body's token, already
+     * the guest's, authorises it) with a newer timestamp. */
+    return post_init(h, c, a->old_token, a->env_vars, a->entropy, limits, r, &ign);
+}
+
+int envdc_wait_init(const envdc_t *c, long timeout_ms, int (*alive)(void *ud), void *ud,
+                    const char *old_token, const json_t *env_vars, bool entropy, err_t *e)
+{
+    httpc_resp_t r;
+    httpc_resp_init(&r);
+    struct init_args a = {.old_token = old_token, .env_vars = env_vars, .entropy = entropy};
+    int rc = wait_guest(c, timeout_ms, alive, ud, "/init", try_init, &a, &r, e);
+    if (rc == 0 && (r.status < 200 || r.status >= 300))
+        rc = guest_status_err(&r, "init", e);
+    httpc_resp_fini(&r);
     return rc;
 }
 
