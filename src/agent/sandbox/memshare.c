@@ -12,6 +12,10 @@
  * instance (memfsKey). The manager counts users in memory and stops an instance when its last
  * user is gone; after an agent restart the counts are rebuilt from the records it adopted, and
  * instances nobody uses any more are stopped.
+ *
+ * Spawning a server (~10-20 ms) and stopping one (up to MSHARE_TIMEOUT_MS when its mount is
+ * busy) happen without ms_lock: the entry is marked starting or stopping meanwhile, and whoever
+ * wants that map waits on ms_cond, so restores from other maps are never held up by them.
  */
 #include "memfs/memfs.h"
 #include "mem/mem.h"
@@ -34,11 +38,18 @@
 
 #define MSHARE_TIMEOUT_MS 15000
 
+enum ms_state {
+    MS_READY,    /* pid serves it (or pid 0: its start failed while broken users remained) */
+    MS_STARTING, /* a server is being spawned; wait for the entry to change */
+    MS_STOPPING, /* its server is being stopped and its directory removed; then it goes */
+};
+
 struct sbx_mshare {
     char key[33]; /* the map id, hex */
     pid_t pid;    /* its memfs server */
     uint64_t start;
-    int refs; /* sandboxes whose VM maps it */
+    int refs; /* sandboxes whose VM maps it (also those whose server died under them) */
+    enum ms_state st;
 };
 
 /* <root>/memfs[/key[/sub]] */
@@ -66,9 +77,24 @@ static struct sbx_mshare *find(sbx_mgr_t *m, const char *key)
     return NULL;
 }
 
-/* Stop key's server (pid may be 0: only what is left is removed), remove its directory, and
- * drop its entry (ms_lock held). */
-static void drop(sbx_mgr_t *m, const char *key, pid_t pid)
+static bool alive(const struct sbx_mshare *x)
+{
+    return x->pid > 0 && procfs_start_time(x->pid) == x->start;
+}
+
+/* Forget the entry of key (ms_lock held). */
+static void forget(sbx_mgr_t *m, const char *key)
+{
+    for (size_t i = 0; i < m->nms; i++)
+        if (strcmp(m->ms[i].key, key) == 0) {
+            m->ms[i] = m->ms[--m->nms];
+            break;
+        }
+}
+
+/* Stop key's server (pid may be 0: only what is left is removed) and remove its directory. The
+ * entry is the caller's business. */
+static void stop_instance(sbx_mgr_t *m, const char *key, pid_t pid)
 {
     char mnt[PATH_MAX], dir[PATH_MAX];
     inst_dir(m, key, "mnt", mnt, sizeof mnt);
@@ -78,17 +104,13 @@ static void drop(sbx_mgr_t *m, const char *key, pid_t pid)
         log_warn("memshare.stop_failed", "key=%s err=\"%s\"", key, e.msg);
     umount2(mnt, MNT_DETACH); /* a dead server's mount; EINVAL when there is none */
     sbx__rmrf(dir);
-    for (size_t i = 0; i < m->nms; i++)
-        if (strcmp(m->ms[i].key, key) == 0) {
-            m->ms[i] = m->ms[--m->nms];
-            break;
-        }
     log_info("memshare.stopped", "key=%s", key);
 }
 
-/* Make the instance of map (from the snapshot in snap) and start its server (ms_lock held). */
+/* Make the instance of map (from the snapshot in snap), replacing what a dead or failed one
+ * left, and start its server (without ms_lock: the entry is MS_STARTING). */
 static int start(sbx_mgr_t *m, const char *key, const char *snap, const mem_map_t *map,
-                 struct sbx_mshare *out, err_t *e)
+                 pid_t *out_pid, uint64_t *out_start, err_t *e)
 {
     int64_t t0 = sbx__mono_ms();
     char dir[PATH_MAX], layers[PATH_MAX], mnt[PATH_MAX], hdr[PATH_MAX], log[PATH_MAX],
@@ -125,10 +147,8 @@ static int start(sbx_mgr_t *m, const char *key, const char *snap, const mem_map_
         memfs_stop(mnt, pid, MSHARE_TIMEOUT_MS, &se);
         goto fail;
     }
-    snprintf(out->key, sizeof out->key, "%s", key);
-    out->pid = pid;
-    out->start = st;
-    out->refs = 0;
+    *out_pid = pid;
+    *out_start = st;
     log_info("memshare.started", "key=%s pid=%d dur_ms=%lld", key, (int)pid,
              (long long)(sbx__mono_ms() - t0));
     return 0;
@@ -143,27 +163,45 @@ int sbx__mshare_acquire(sbx_mgr_t *m, sbx_t *s, const char *snap, const mem_map_
     char key[33];
     mem_id_hex(&map->id, key);
     pthread_mutex_lock(&m->ms_lock);
-    struct sbx_mshare *x = find(m, key);
-    int rc = 0, carried = 0;
-    if (x && procfs_start_time(x->pid) != x->start) {
-        /* Its server died: the VMs on it are broken anyway; a new instance serves new ones.
-         * Their users still count (they release the key when they go). */
-        log_warn("memshare.server_gone", "key=%s pid=%d users=%d", key, (int)x->pid, x->refs);
-        carried = x->refs;
-        drop(m, key, 0);
-        x = NULL;
-    }
-    if (!x) {
-        struct sbx_mshare n;
-        if ((rc = start(m, key, snap, map, &n, e)) == 0) {
-            n.refs = carried;
-            m->ms = xrealloc(m->ms, (m->nms + 1) * sizeof *m->ms);
-            m->ms[m->nms] = n;
-            x = &m->ms[m->nms++];
+    int rc = 0;
+    for (;;) {
+        struct sbx_mshare *x = find(m, key);
+        if (x && x->st != MS_READY) {
+            pthread_cond_wait(&m->ms_cond, &m->ms_lock);
+            continue;
         }
+        if (x && alive(x)) {
+            x->refs++;
+            break;
+        }
+        if (x) {
+            /* Its server died: the VMs on it are broken anyway; a new server serves new ones.
+             * Their users still count (they release the key when they go). */
+            log_warn("memshare.server_gone", "key=%s pid=%d users=%d", key, (int)x->pid, x->refs);
+            x->st = MS_STARTING;
+        } else {
+            m->ms = xrealloc(m->ms, (m->nms + 1) * sizeof *m->ms);
+            x = &m->ms[m->nms++];
+            *x = (struct sbx_mshare){.st = MS_STARTING};
+            snprintf(x->key, sizeof x->key, "%s", key);
+        }
+        pthread_mutex_unlock(&m->ms_lock);
+        pid_t pid = 0;
+        uint64_t st = 0;
+        rc = start(m, key, snap, map, &pid, &st, e);
+        pthread_mutex_lock(&m->ms_lock);
+        x = find(m, key); /* still ours: nobody else changes a starting entry but its refs */
+        x->pid = pid;
+        x->start = st;
+        x->st = MS_READY;
+        if (rc == 0)
+            x->refs++;
+        else if (x->refs <= 0)
+            forget(m, key);
+        pthread_cond_broadcast(&m->ms_cond);
+        break;
     }
     if (rc == 0) {
-        x->refs++;
         snprintf(s->memfs_key, sizeof s->memfs_key, "%s", key);
         sbx__mshare_mem_path(m, key, s->mem_path, sizeof s->mem_path);
     }
@@ -175,12 +213,23 @@ void sbx__mshare_release(sbx_mgr_t *m, sbx_t *s)
 {
     if (!s->memfs_key[0])
         return;
-    pthread_mutex_lock(&m->ms_lock);
-    struct sbx_mshare *x = find(m, s->memfs_key);
-    if (x && --x->refs <= 0)
-        drop(m, x->key, x->pid);
-    pthread_mutex_unlock(&m->ms_lock);
+    char key[33];
+    snprintf(key, sizeof key, "%s", s->memfs_key);
     s->memfs_key[0] = '\0';
+    pthread_mutex_lock(&m->ms_lock);
+    struct sbx_mshare *x = find(m, key);
+    /* A starting entry (its server died under these users) only counts down: its starter
+     * decides what becomes of it. */
+    if (x && --x->refs <= 0 && x->st == MS_READY) {
+        x->st = MS_STOPPING;
+        pid_t pid = alive(x) ? x->pid : 0; /* never signal a pid that may be someone else's */
+        pthread_mutex_unlock(&m->ms_lock);
+        stop_instance(m, key, pid);
+        pthread_mutex_lock(&m->ms_lock);
+        forget(m, key);
+        pthread_cond_broadcast(&m->ms_cond);
+    }
+    pthread_mutex_unlock(&m->ms_lock);
 }
 
 /* ---- after an agent restart ------------------------------------------------------------------ */
@@ -220,7 +269,7 @@ int sbx__mshare_adopt(sbx_mgr_t *m, sbx_t *s, err_t *e)
     pthread_mutex_lock(&m->ms_lock);
     struct sbx_mshare *x = find(m, s->memfs_key);
     int rc = 0;
-    if (!x || x->pid <= 0 || procfs_start_time(x->pid) != x->start)
+    if (!x || !alive(x))
         rc = err_set(e, -ESRCH, "the memfs server of its RAM is gone");
     else {
         x->refs++;
@@ -234,16 +283,18 @@ int sbx__mshare_adopt(sbx_mgr_t *m, sbx_t *s, err_t *e)
 
 void sbx__mshare_prune(sbx_mgr_t *m)
 {
+    /* At start-up, before anything is served: holding ms_lock throughout is harmless. */
     pthread_mutex_lock(&m->ms_lock);
     for (size_t i = m->nms; i-- > 0;) {
         struct sbx_mshare *x = &m->ms[i];
-        bool alive = x->pid > 0 && procfs_start_time(x->pid) == x->start;
-        if (x->refs > 0 && alive)
+        bool up = alive(x);
+        if (x->refs > 0 && up)
             continue;
         char key[33];
         snprintf(key, sizeof key, "%s", x->key);
-        log_warn("memshare.reap", "key=%s users=%d server_alive=%d", key, x->refs, alive);
-        drop(m, key, alive ? x->pid : 0);
+        log_warn("memshare.reap", "key=%s users=%d server_alive=%d", key, x->refs, up);
+        stop_instance(m, key, up ? x->pid : 0);
+        forget(m, key);
     }
     pthread_mutex_unlock(&m->ms_lock);
 }

@@ -648,6 +648,7 @@ int sbx_mgr_new(const sbx_mgr_cfg_t *cfg, sbx_mgr_t **out, err_t *e)
     m->slots = xcalloc(NET_MAX_SLOTS + 1, 1);
     pthread_mutex_init(&m->lock, NULL);
     pthread_mutex_init(&m->ms_lock, NULL);
+    pthread_cond_init(&m->ms_cond, NULL);
     pthread_mutex_init(&m->stop_lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -734,6 +735,7 @@ void sbx_mgr_free(sbx_mgr_t *m)
     free(m->auto_paused);
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->ms_lock);
+    pthread_cond_destroy(&m->ms_cond);
     free(m->ms);
     pthread_mutex_destroy(&m->stop_lock);
     pthread_cond_destroy(&m->stop_cond);

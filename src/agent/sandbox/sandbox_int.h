@@ -64,7 +64,8 @@ struct sbx_mgr {
 
     struct sbx_pool *pool; /* warm pool (pool.c) */
 
-    pthread_mutex_t ms_lock; /* shared memfs instances (memshare.c) */
+    pthread_mutex_t ms_lock; /* shared memfs instances (memshare.c); never held across a spawn */
+    pthread_cond_t ms_cond;  /* an instance finished starting or stopping */
     struct sbx_mshare *ms;
     size_t nms;
 
