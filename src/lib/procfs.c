@@ -22,6 +22,9 @@ uint64_t procfs_start_time(pid_t pid)
     char *p = strrchr(buf, ')');
     if (!p)
         return 0;
+    /* Field 3, the state: a zombie (exited, not yet reaped) or dead process is gone. */
+    if (p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X' || p[2] == 'x'))
+        return 0;
     int field = 2;
     for (; *p && field < 22; p++)
         if (*p == ' ')

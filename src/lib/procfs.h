@@ -7,7 +7,8 @@
 #include <sys/types.h>
 
 /** The process's start time (field 22 of /proc/<pid>/stat, clock ticks since boot), which
- * together with the pid identifies a process across pid reuse; 0 when it is gone. */
+ * together with the pid identifies a process across pid reuse; 0 when it is gone, a zombie (it
+ * exited and its parent has not reaped it yet) included. */
 uint64_t procfs_start_time(pid_t pid);
 
 /** Its command line, NUL-separated, NUL-terminated, into buf (size len > 0); returns the length,
