@@ -219,8 +219,10 @@ void sbx__mshare_release(sbx_mgr_t *m, sbx_t *s)
     pthread_mutex_lock(&m->ms_lock);
     struct sbx_mshare *x = find(m, key);
     /* A starting entry (its server died under these users) only counts down: its starter
-     * decides what becomes of it. */
-    if (x && --x->refs <= 0 && x->st == MS_READY) {
+     * decides what becomes of it. While an agent restart rebuilds the counts, one adopted
+     * sandbox found dead must not stop a server that others still to be adopted use: prune
+     * stops what is unused at the end. */
+    if (x && --x->refs <= 0 && x->st == MS_READY && !m->ms_recovering) {
         x->st = MS_STOPPING;
         pid_t pid = alive(x) ? x->pid : 0; /* never signal a pid that may be someone else's */
         pthread_mutex_unlock(&m->ms_lock);
@@ -238,6 +240,9 @@ void sbx__mshare_load(sbx_mgr_t *m)
 {
     char dir[PATH_MAX];
     inst_dir(m, NULL, NULL, dir, sizeof dir);
+    pthread_mutex_lock(&m->ms_lock);
+    m->ms_recovering = true;
+    pthread_mutex_unlock(&m->ms_lock);
     DIR *d = opendir(dir);
     if (!d)
         return;
@@ -296,5 +301,6 @@ void sbx__mshare_prune(sbx_mgr_t *m)
         stop_instance(m, key, up ? x->pid : 0);
         forget(m, key);
     }
+    m->ms_recovering = false;
     pthread_mutex_unlock(&m->ms_lock);
 }

@@ -66,6 +66,7 @@ struct sbx_mgr {
 
     pthread_mutex_t ms_lock; /* shared memfs instances (memshare.c); never held across a spawn */
     pthread_cond_t ms_cond;  /* an instance finished starting or stopping */
+    bool ms_recovering;      /* counts are being rebuilt: only sbx__mshare_prune stops */
     struct sbx_mshare *ms;
     size_t nms;
 
