@@ -170,9 +170,14 @@ int httpc_do(httpc_t *c, const httpc_req_t *req, httpc_resp_t *resp, err_t *e)
     if (cr != CURLE_OK) {
         if (x.aborted)
             rc = err_set(e, -ECANCELED, "transfer stopped by the receiver");
-        else if (cr == CURLE_COULDNT_CONNECT)
-            rc = err_set(e, -ECONNREFUSED, "%s: %s", req->url, curl_easy_strerror(cr));
-        else if (cr == CURLE_OPERATION_TIMEDOUT)
+        else if (cr == CURLE_COULDNT_CONNECT) {
+            /* Refused (a listener-less port answered) or unreachable (nothing answered ARP):
+             * callers tell "the host is up" from "it is not" by this. */
+            long oe = 0;
+            curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &oe);
+            int code = oe > 0 && oe != ECONNREFUSED ? -(int)oe : -ECONNREFUSED;
+            rc = err_set(e, code, "%s: %s", req->url, curl_easy_strerror(cr));
+        } else if (cr == CURLE_OPERATION_TIMEDOUT)
             rc = err_set(e, -ETIMEDOUT, "%s: %s", req->url, curl_easy_strerror(cr));
         else
             rc = err_set(e, -EIO, "%s: %s", req->url, curl_easy_strerror(cr));

@@ -52,7 +52,8 @@ typedef struct httpc_req {
 } httpc_req_t;
 
 /** Perform the request. Returns 0 when a response arrived (any status), or a negative errno:
- * -ECONNREFUSED, -ETIMEDOUT, -ECANCELED, -EIO. */
+ * -ECONNREFUSED, -ETIMEDOUT, -ECANCELED, -EIO, or the connect's own errno when it failed
+ * otherwise (-EHOSTUNREACH, -ENETUNREACH, ...). */
 int httpc_do(httpc_t *c, const httpc_req_t *req, httpc_resp_t *resp, err_t *e);
 
 #endif

@@ -74,7 +74,8 @@ typedef struct envdc_exec_req {
 
 /** Run a process through process.Process/Start (stdin off) and report its events until it
  * ends. Returns 0 after the end event, or a negative errno: guest Connect errors keep their
- * code (-ENOENT, -EINVAL, ...), transport failures are -EIO/-ECONNREFUSED/-ETIMEDOUT. */
+ * code (-ENOENT, -EINVAL, ...), transport failures are -EIO/-ECONNREFUSED/-ETIMEDOUT (or another
+ * connect errno such as -EHOSTUNREACH). */
 int envdc_exec(const envdc_t *c, const envdc_exec_req_t *r, const envdc_exec_cb_t *cb, void *ud,
                err_t *e);
 
