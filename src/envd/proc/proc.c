@@ -1120,9 +1120,9 @@ void proc_table_free(struct proc_table *t)
 static void *warm_up(void *arg)
 {
     envd_t *d = arg;
-    /* Lowest priority (this thread and the child it forks): the guest's first requests (/init,
-     * the first command) must not queue behind the warm-up on a one-vCPU guest; it uses the
-     * time in between. */
+    /* Lowest priority (this thread and the `true` it starts): the guest's first requests
+     * (/init, the first command) must not queue behind the warm-up on a one-vCPU guest; it
+     * uses the time in between. */
     if (setpriority(PRIO_PROCESS, (id_t)gettid(), 19) < 0)
         log_debug("proc.warm_up_nice_failed", "err=%d", errno);
     envd_user_t u;
@@ -1132,7 +1132,7 @@ static void *warm_up(void *arg)
     char **env = envd_child_env(d, &u, NULL);
     char *const args[] = {NULL};
     proc__spawn_cfg_t cfg = {
-        .cmd = "true", .args = args, .envp = env, .cwd = "/", .user = &u, .stdin_pipe = false};
+        .cmd = "true", .args = args, .envp = env, .cwd = "/", .user = &u, .nice = 19};
     proc__child_t c = {
         .pid = -1, .pidfd = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1, .pty_fd = -1};
     if (proc__spawn(&cfg, &c, &e) == 0) {

@@ -54,6 +54,7 @@ struct plan {
     const gid_t *groups;
     size_t ngroups;
     bool pty;
+    int nice;
     int in_fd, out_fd, err_fd; /* the child's ends; all the PTY slave for a PTY */
     int report_fd;
 };
@@ -97,7 +98,7 @@ static _Noreturn void child_main(struct plan *p)
         (void)w;
         close(fd);
     }
-    setpriority(PRIO_PROCESS, 0, 0); /* best effort: only root may lower its nice value */
+    setpriority(PRIO_PROCESS, 0, p->nice); /* best effort: only root may lower its nice value */
 
     if (p->setcreds && (syscall(SYS_setgroups, p->ngroups, p->groups) < 0 ||
                         syscall(SYS_setresgid, p->gid, p->gid, p->gid) < 0 ||
@@ -257,7 +258,8 @@ int proc__spawn(const proc__spawn_cfg_t *cfg, proc__child_t *out, err_t *e)
 {
     int in[2] = {-1, -1}, o[2] = {-1, -1}, er[2] = {-1, -1}, rep[2] = {-1, -1};
     int master = -1, slave = -1, pidfd = -1;
-    struct plan p = {.cmd = cfg->cmd, .envp = cfg->envp, .cwd = cfg->cwd, .pty = cfg->pty};
+    struct plan p = {
+        .cmd = cfg->cmd, .envp = cfg->envp, .cwd = cfg->cwd, .pty = cfg->pty, .nice = cfg->nice};
     int r = 0;
     *out = (proc__child_t){
         .pid = -1, .pidfd = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1, .pty_fd = -1};

@@ -20,6 +20,7 @@ typedef struct proc__spawn_cfg {
     bool pty;
     uint16_t cols, rows;
     bool stdin_pipe; /* false: stdin is /dev/null */
+    int nice;        /* the child's nice value (0 for commands; envd's own warm-up: 19) */
 } proc__spawn_cfg_t;
 
 /** A started child. Every fd is O_CLOEXEC and owned by the caller. */
