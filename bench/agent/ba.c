@@ -70,8 +70,19 @@ int ba_ensure_image(const char *agent_bin, const char *name)
     char *const argv[] = {
         (char *)agent_bin,        "image", "build", (char *)name, "--root", cache, "--images-dir",
         BA_SOURCE_ROOT "/images", NULL};
-    char *const envp[] = {envv, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                          NULL};
+    /* Our environment (proxies, TMPDIR, ...) with WRENN_ENVD_BIN set to that envd. */
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **envp = calloc(n + 2, sizeof *envp);
+    if (!envp)
+        return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "WRENN_ENVD_BIN=", 15) != 0)
+            envp[k++] = environ[i];
+    envp[k++] = envv;
+    envp[k] = NULL;
     /* Progress goes to stderr: stdout carries the table. */
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -79,11 +90,17 @@ int ba_ensure_image(const char *agent_bin, const char *name)
     pid_t pid;
     int r = posix_spawn(&pid, agent_bin, &fa, NULL, argv, envp);
     posix_spawn_file_actions_destroy(&fa);
-    if (r != 0)
+    free(envp);
+    if (r != 0) {
+        fprintf(stderr, "bench: cannot run %s: %s\n", agent_bin, strerror(r));
         return -1;
+    }
     int st = 0;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+    pid_t w;
+    while ((w = waitpid(pid, &st, 0)) < 0 && errno == EINTR)
         ;
+    if (w != pid)
+        return -1;
     return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
 
