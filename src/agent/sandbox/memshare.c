@@ -34,6 +34,8 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MSHARE_TIMEOUT_MS 15000
@@ -48,7 +50,8 @@ struct sbx_mshare {
     char key[33]; /* the map id, hex */
     pid_t pid;    /* its memfs server */
     uint64_t start;
-    int refs; /* sandboxes whose VM maps it (also those whose server died under them) */
+    int pidfd; /* of a server this agent spawned (its child, to reap once dead); else -1 */
+    int refs;  /* sandboxes whose VM maps it (also those whose server died under them) */
     enum ms_state st;
 };
 
@@ -80,6 +83,20 @@ static struct sbx_mshare *find(sbx_mgr_t *m, const char *key)
 static bool alive(const struct sbx_mshare *x)
 {
     return x->pid > 0 && procfs_start_time(x->pid) == x->start;
+}
+
+/* A server of ours that died stays a zombie until reaped: reap exactly that process (by its
+ * pidfd; never by a pid number that may be someone else's by now). Harmless when memfs_stop
+ * reaped it already. (ms_lock held.) */
+static void reap(struct sbx_mshare *x)
+{
+    if (x->pidfd < 0)
+        return;
+    siginfo_t si;
+    if (!alive(x))
+        waitid(P_PIDFD, (id_t)x->pidfd, &si, WEXITED | WNOHANG);
+    close(x->pidfd);
+    x->pidfd = -1;
 }
 
 /* Forget the entry of key (ms_lock held). */
@@ -178,11 +195,12 @@ int sbx__mshare_acquire(sbx_mgr_t *m, sbx_t *s, const char *snap, const mem_map_
             /* Its server died: the VMs on it are broken anyway; a new server serves new ones.
              * Their users still count (they release the key when they go). */
             log_warn("memshare.server_gone", "key=%s pid=%d users=%d", key, (int)x->pid, x->refs);
+            reap(x);
             x->st = MS_STARTING;
         } else {
             m->ms = xrealloc(m->ms, (m->nms + 1) * sizeof *m->ms);
             x = &m->ms[m->nms++];
-            *x = (struct sbx_mshare){.st = MS_STARTING};
+            *x = (struct sbx_mshare){.st = MS_STARTING, .pidfd = -1};
             snprintf(x->key, sizeof x->key, "%s", key);
         }
         pthread_mutex_unlock(&m->ms_lock);
@@ -193,6 +211,7 @@ int sbx__mshare_acquire(sbx_mgr_t *m, sbx_t *s, const char *snap, const mem_map_
         x = find(m, key); /* still ours: nobody else changes a starting entry but its refs */
         x->pid = pid;
         x->start = st;
+        x->pidfd = pid > 0 ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
         x->st = MS_READY;
         if (rc == 0)
             x->refs++;
@@ -228,6 +247,8 @@ void sbx__mshare_release(sbx_mgr_t *m, sbx_t *s)
         pthread_mutex_unlock(&m->ms_lock);
         stop_instance(m, key, pid);
         pthread_mutex_lock(&m->ms_lock);
+        x = find(m, key);
+        reap(x);
         forget(m, key);
         pthread_cond_broadcast(&m->ms_cond);
     }
@@ -254,7 +275,7 @@ void sbx__mshare_load(sbx_mgr_t *m)
             continue;
         char srv[PATH_MAX];
         inst_dir(m, de->d_name, "server", srv, sizeof srv);
-        struct sbx_mshare n = {0};
+        struct sbx_mshare n = {.pidfd = -1}; /* not our child: an earlier agent spawned it */
         snprintf(n.key, sizeof n.key, "%s", de->d_name);
         FILE *f = fopen(srv, "re");
         int pid = 0;
@@ -299,8 +320,19 @@ void sbx__mshare_prune(sbx_mgr_t *m)
         snprintf(key, sizeof key, "%s", x->key);
         log_warn("memshare.reap", "key=%s users=%d server_alive=%d", key, x->refs, up);
         stop_instance(m, key, up ? x->pid : 0);
+        reap(x);
         forget(m, key);
     }
     m->ms_recovering = false;
     pthread_mutex_unlock(&m->ms_lock);
+}
+
+void sbx__mshare_fini(sbx_mgr_t *m)
+{
+    for (size_t i = 0; i < m->nms; i++)
+        if (m->ms[i].pidfd >= 0)
+            close(m->ms[i].pidfd);
+    free(m->ms);
+    m->ms = NULL;
+    m->nms = 0;
 }

@@ -736,7 +736,7 @@ void sbx_mgr_free(sbx_mgr_t *m)
     pthread_mutex_destroy(&m->lock);
     pthread_mutex_destroy(&m->ms_lock);
     pthread_cond_destroy(&m->ms_cond);
-    free(m->ms);
+    sbx__mshare_fini(m);
     pthread_mutex_destroy(&m->stop_lock);
     pthread_cond_destroy(&m->stop_cond);
     free(m);

@@ -146,6 +146,8 @@ void sbx__mshare_mem_path(const sbx_mgr_t *m, const char *key, char *buf, size_t
 void sbx__mshare_load(sbx_mgr_t *m);
 int sbx__mshare_adopt(sbx_mgr_t *m, sbx_t *s, err_t *e);
 void sbx__mshare_prune(sbx_mgr_t *m);
+/** Forget every instance at manager teardown (servers keep running for the next agent). */
+void sbx__mshare_fini(sbx_mgr_t *m);
 
 /* pool.c: sandboxes restored ahead of time from snapshot templates in use */
 /** Start the pool's filler (size 0: no pool). */
