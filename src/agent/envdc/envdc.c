@@ -118,11 +118,6 @@ static int post_init(httpc_t *h, const envdc_t *c, const char *old_token, const 
     return rc;
 }
 
-int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e)
-{
-    return envdc_reinit(c, NULL, env_vars, false, e);
-}
-
 int envdc_reinit(const envdc_t *c, const char *old_token, const json_t *env_vars, bool entropy,
                  err_t *e)
 {

@@ -31,12 +31,9 @@ int envdc_wait_health(const envdc_t *c, long timeout_ms, int (*alive)(void *ud),
                       err_t *e);
 
 /** POST /init with the current wall-clock time, env_vars (object, may be NULL) and c->token as
- * the new access token. */
-int envdc_init(const envdc_t *c, const json_t *env_vars, err_t *e);
-
-/** envdc_init for a guest restored from a snapshot: old_token (when non-NULL) is the token the
- * guest already has, shown to authorise the change to c->token; entropy adds 64 bytes of host
- * randomness to the guest's RNG and reseeds it. */
+ * the new access token. old_token (when non-NULL) is the token the guest already has (a guest
+ * restored from a snapshot), shown to authorise the change to c->token; entropy adds 64 bytes
+ * of host randomness to the guest's RNG and reseeds it. */
 int envdc_reinit(const envdc_t *c, const char *old_token, const json_t *env_vars, bool entropy,
                  err_t *e);
 

@@ -179,11 +179,7 @@ int sbx__pool_init(sbx_mgr_t *m, unsigned size)
 {
     struct sbx_pool *p = xcalloc(1, sizeof *p);
     pthread_mutex_init(&p->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    sbx__cond_init_mono(&p->cond);
     p->size = size;
     m->pool = p;
     if (size == 0)

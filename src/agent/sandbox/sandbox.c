@@ -42,6 +42,15 @@ int64_t sbx__mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void sbx__cond_init_mono(pthread_cond_t *c)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
 bool sbx_safe_name(const char *name)
 {
     if (!name || !*name || name[0] == '.')
@@ -650,11 +659,7 @@ int sbx_mgr_new(const sbx_mgr_cfg_t *cfg, sbx_mgr_t **out, err_t *e)
     pthread_mutex_init(&m->ms_lock, NULL);
     pthread_cond_init(&m->ms_cond, NULL);
     pthread_mutex_init(&m->stop_lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->stop_cond, &ca);
-    pthread_condattr_destroy(&ca);
+    sbx__cond_init_mono(&m->stop_cond);
 
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     m->max_vcpus = (unsigned)(ncpu > 0 && ncpu < SBX_MAX_VCPUS ? ncpu : SBX_MAX_VCPUS);

@@ -114,6 +114,8 @@ void sbx__set_id(sbx_t *s, const char *id);
 void sbx__random_hex(char *out, size_t nbytes);
 int64_t sbx__now_s(void);
 int64_t sbx__mono_ms(void);
+/** Initialise c to time its waits on CLOCK_MONOTONIC (deadlines from sbx__mono_ms-like clocks). */
+void sbx__cond_init_mono(pthread_cond_t *c);
 int sbx__vm_alive_cb(void *ud);
 
 /* snapshot.c */
