@@ -447,7 +447,10 @@ write_etc_common() { # hostname, hosts, resolv.conf
 }
 
 # mkfs_image TREE OUT HEADROOM_MIB [FIXED_MIB]: an ext4 image of TREE, sized to its contents plus
-# headroom (or a fixed size), made with mkfs.ext4 -d. Sets CONTENT_BYTES.
+# headroom (or a fixed size), made with mkfs.ext4 -d. Sets CONTENT_BYTES. Inode tables and the
+# journal are zeroed here, once (in a sparse file that costs nothing): with lazy init every guest
+# booted from the image would run ext4lazyinit to zero them and write megabytes of zeroes into its
+# own copy-on-write overlay.
 mkfs_image() {
   local tree=$1 out=$2 headroom=$3 fixed=${4:-} files mib
   CONTENT_BYTES=$(du -s -B1 "$tree" | cut -f1)
@@ -460,7 +463,7 @@ mkfs_image() {
   say "mkfs.ext4 -d: $((CONTENT_BYTES / 1048576)) MiB in $files files -> ${mib} MiB image"
   truncate -s "${mib}M" "$out"
   run mkfs.ext4 -q -F -t ext4 -b 4096 -I 256 -L "wrenn-$NAME" -m 0 -N $((files + 8192 + headroom * 64)) \
-    -E lazy_itable_init=1,nodiscard -d "$tree" "$out" ||
+    -E lazy_itable_init=0,lazy_journal_init=0,nodiscard -d "$tree" "$out" ||
     die "mkfs.ext4 failed (contents $((CONTENT_BYTES / 1048576)) MiB, image $mib MiB)"
 }
 
