@@ -952,6 +952,13 @@ int memfs_main(int argc, char **argv)
         log_info("memfs.io_flusher_failed", "err=\"%s\"",
                  strerror(errno)); /* no CAP_SYS_RESOURCE */
 #endif
+    /* Every VM that maps our file dies (SIGBUS) when we do: the OOM killer must pick one of
+     * them, never us (our own memory is small; the page cache we serve is not charged to us). */
+    int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (oom < 0 || write(oom, "-1000", 5) != 5)
+        log_info("memfs.oom_protect_failed", "err=\"%s\"", strerror(errno)); /* not root */
+    if (oom >= 0)
+        close(oom);
 
     if (threads == 0) {
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);

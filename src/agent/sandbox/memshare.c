@@ -221,11 +221,25 @@ int sbx__mshare_acquire(sbx_mgr_t *m, sbx_t *s, const char *snap, const mem_map_
         break;
     }
     if (rc == 0) {
+        struct sbx_mshare *x = find(m, key);
         snprintf(s->memfs_key, sizeof s->memfs_key, "%s", key);
+        s->ms_pid = x->pid;
+        s->ms_start = x->start;
         sbx__mshare_mem_path(m, key, s->mem_path, sizeof s->mem_path);
     }
     pthread_mutex_unlock(&m->ms_lock);
     return rc;
+}
+
+bool sbx__mshare_serves(sbx_mgr_t *m, const sbx_t *s)
+{
+    if (!s->memfs_key[0])
+        return true; /* not on a shared instance */
+    pthread_mutex_lock(&m->ms_lock);
+    const struct sbx_mshare *x = find(m, s->memfs_key);
+    bool ok = x && x->st == MS_READY && x->pid == s->ms_pid && x->start == s->ms_start && alive(x);
+    pthread_mutex_unlock(&m->ms_lock);
+    return ok;
 }
 
 void sbx__mshare_release(sbx_mgr_t *m, sbx_t *s)
@@ -299,6 +313,8 @@ int sbx__mshare_adopt(sbx_mgr_t *m, sbx_t *s, err_t *e)
         rc = err_set(e, -ESRCH, "the memfs server of its RAM is gone");
     else {
         x->refs++;
+        s->ms_pid = x->pid;
+        s->ms_start = x->start;
         sbx__mshare_mem_path(m, s->memfs_key, s->mem_path, sizeof s->mem_path);
     }
     pthread_mutex_unlock(&m->ms_lock);

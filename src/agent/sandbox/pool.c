@@ -12,9 +12,11 @@
  * (default 2; 0 turns pooling off) by one thread, a moment later, so the refill does not compete
  * with the new sandbox's first commands. Pools of templates not used for POOL_IDLE_S, and of
  * templates that were deleted or replaced, are emptied by the reaper; DeleteSnapshot empties
- * its template's pool at once. Pooled sandboxes are not listed. Their directory is named
- * p-<hex> (kept when they are claimed: the VMM's name and cgroup follow it); an agent that
- * restarts destroys the ones still pooled.
+ * its template's pool at once. A pooled sandbox whose VM died, or whose RAM's memfs server died
+ * (every page it has not read yet is lost with it), is never given out: the reaper and a
+ * create that finds one destroy it, and the filler makes a new one over a new server. Pooled
+ * sandboxes are not listed. Their directory is named p-<hex> (kept when they are claimed: the VMM's
+ * name and cgroup follow it); an agent that restarts destroys the ones still pooled.
  */
 #include "sandbox_int.h"
 
@@ -68,6 +70,14 @@ static void destroy_pooled(sbx_mgr_t *m, sbx_t *s)
     pthread_mutex_unlock(&s->lock);
     log_info("pool.dropped", "name=%s", s->name);
     sbx__unref(m, s);
+}
+
+/* Whether a pooled sandbox can still be given out: its VM runs, and so does the memfs server
+ * its RAM mapping goes through (when that died, the VM dies at its next touch of a page it has
+ * not read yet, which may be long after a claim). */
+static bool healthy(sbx_mgr_t *m, sbx_t *s)
+{
+    return sbx__vm_alive_cb(s->vm) && sbx__mshare_serves(m, s);
 }
 
 /* How many entries (ready or being made) tdir has; lock held. */
@@ -218,16 +228,28 @@ sbx_t *sbx__pool_take(sbx_mgr_t *m, const char *tdir)
     struct sbx_pool *p = m->pool;
     if (!p || p->size == 0)
         return NULL;
+    sbx_t *s = NULL, **bad = NULL;
+    size_t nbad = 0;
     pthread_mutex_lock(&p->lock);
-    sbx_t *s = NULL;
-    for (size_t i = 0; i < p->nents; i++)
-        if (p->ents[i].s && strcmp(p->ents[i].tdir, tdir) == 0 &&
-            same_template(tdir, &p->ents[i].st)) {
-            s = p->ents[i].s;
-            p->ents[i] = p->ents[--p->nents];
-            break;
+    for (size_t i = 0; i < p->nents && !s;) {
+        pool_ent_t *x = &p->ents[i];
+        if (!x->s || strcmp(x->tdir, tdir) != 0 || !same_template(tdir, &x->st)) {
+            i++;
+            continue;
         }
+        if (healthy(m, x->s)) {
+            s = x->s;
+        } else {
+            log_warn("pool.unhealthy", "template=%s name=%s", tdir, x->s->name);
+            bad = xrealloc(bad, (nbad + 1) * sizeof *bad);
+            bad[nbad++] = x->s;
+        }
+        *x = p->ents[--p->nents];
+    }
     pthread_mutex_unlock(&p->lock);
+    for (size_t i = 0; i < nbad; i++)
+        destroy_pooled(m, bad[i]);
+    free(bad);
     return s;
 }
 
@@ -251,7 +273,8 @@ void sbx__pool_want(sbx_mgr_t *m, const char *tdir)
 }
 
 /* Take out and destroy the ready entries of tdir (after waiting for one being made of it), or,
- * with tdir NULL, those of templates not used lately, deleted or replaced. */
+ * with tdir NULL, those of templates not used lately, deleted or replaced, and those that are
+ * no longer healthy. */
 static void drain(sbx_mgr_t *m, const char *tdir)
 {
     struct sbx_pool *p = m->pool;
@@ -278,7 +301,7 @@ static void drain(sbx_mgr_t *m, const char *tdir)
                     if (strcmp(p->wants[k].tdir, x->tdir) == 0 &&
                         now - p->wants[k].used_ms < POOL_IDLE_S * 1000LL)
                         wanted = true;
-                go = !wanted || !same_template(x->tdir, &x->st);
+                go = !wanted || !same_template(x->tdir, &x->st) || !healthy(m, x->s);
             }
         }
         if (!go) {

@@ -38,6 +38,8 @@ typedef struct sbx {
     bool restored;      /* RAM is a private mapping of a memfs file over the snapshot in <dir>/snap
                          * (else the shared file <dir>/mem) */
     char memfs_key[33]; /* restored: the shared memfs instance it maps (memshare.c) */
+    pid_t ms_pid;       /* ... and the server of it that its VM's mapping goes through */
+    uint64_t ms_start;  /* (that server's start time: a later server of the key is not it) */
     pid_t memfs_pid;    /* an older agent's memfs of <dir>/memfs only (restored, no key) */
     uint64_t memfs_start; /* its start time, to detect pid reuse */
     char mem_path[560];   /* the RAM file when restored */
@@ -141,6 +143,9 @@ int sbx__pause_locked(sbx_mgr_t *m, sbx_t *s, bool *gone, err_t *e);
 int sbx__mshare_acquire(sbx_mgr_t *m, sbx_t *s, const char *snap, const mem_map_t *map, err_t *e);
 /** s no longer maps its instance (NULL-key safe); the last user stops it. */
 void sbx__mshare_release(sbx_mgr_t *m, sbx_t *s);
+/** Whether the server s's VM maps its RAM through still runs (false when it died, even if a
+ * new server of the same instance runs now: s's mapping still goes to the dead one). */
+bool sbx__mshare_serves(sbx_mgr_t *m, const sbx_t *s);
 /** The RAM file of instance key. */
 void sbx__mshare_mem_path(const sbx_mgr_t *m, const char *key, char *buf, size_t n);
 /** Recovery: read the instances on disk (before adopting), count an adopted sandbox as a user

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -521,6 +522,103 @@ static void test_warm_pool(void **state)
     free(e);
 }
 
+/* The one memfs instance under the agent's root: its directory name and server pid. */
+static pid_t memfs_server(char *key, size_t n)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/memfs", ag.root);
+    DIR *d = opendir(path);
+    struct dirent *de;
+    pid_t pid = 0;
+    int found = 0;
+    while (d && (de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char srv[1200];
+        snprintf(srv, sizeof srv, "%s/%s/server", path, de->d_name);
+        FILE *f = fopen(srv, "re");
+        int p = 0;
+        if (f && fscanf(f, "%d", &p) == 1) {
+            pid = (pid_t)p;
+            snprintf(key, n, "%.32s", de->d_name);
+            found++;
+        }
+        if (f)
+            fclose(f);
+    }
+    if (d)
+        closedir(d);
+    assert_int_equal(found, 1);
+    return pid;
+}
+
+/* When the memfs server of a template's RAM dies, the sandboxes restored over it are lost (each
+ * dies at its next touch of a page it has not read yet), the pooled ones among them too: a create
+ * must never be handed one of those. It gets a sandbox over a new server, and the pool is made
+ * again over that one. */
+static void test_pool_server_dies(void **state)
+{
+    (void)state;
+    NEED_VMS();
+    char *src = create("minimal", "\"memoryMb\":256");
+    free(sh_ok(src, "echo kept > /root/marker && sync"));
+    assert_int_equal(callf("CreateSnapshot", NULL,
+                           "{\"sandboxId\":\"%s\",\"name\":\"dtpl\",\"teamId\":\"team-d\"}", src),
+                     200);
+    assert_int_equal(callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", src), 200);
+    free(src);
+    char *a = create("dtpl", "\"teamId\":\"team-d\"");
+    wait_pooled(2);
+    char key[64];
+    pid_t dead = memfs_server(key, sizeof key);
+    char pooled_before[2][300];
+    int np = 0;
+    {
+        char path[600];
+        snprintf(path, sizeof path, "%s/sandboxes", ag.root);
+        DIR *d = opendir(path);
+        struct dirent *de;
+        while (d && (de = readdir(d)))
+            if (strncmp(de->d_name, "p-", 2) == 0 && np < 2)
+                snprintf(pooled_before[np++], sizeof pooled_before[0], "%s", de->d_name);
+        if (d)
+            closedir(d);
+    }
+    assert_int_equal(np, 2);
+    /* The agent spawned it for this test's template: ours to kill, by its pid. */
+    assert_int_equal(kill(dead, SIGKILL), 0);
+
+    char *b = create("dtpl", "\"teamId\":\"team-d\"");
+    char dir_b[300] = "";
+    pooled_count(b, dir_b, sizeof dir_b);
+    for (int i = 0; i < np; i++)
+        assert_string_not_equal(dir_b, pooled_before[i]);
+    /* 100 MiB of guest memory it had never touched: served by a live server, or the VM dies. */
+    char *o = sh_ok(b, "cat /root/marker && dd if=/dev/zero of=/dev/null bs=100M count=1 2>&1 "
+                       "| grep -c 'records out'");
+    assert_string_equal(o, "kept\n1");
+    free(o);
+    assert_true(memfs_server(key, sizeof key) != dead);
+    /* The pool is made again, over the new server. */
+    wait_pooled(2);
+    char *c = create("dtpl", "\"teamId\":\"team-d\"");
+    o = sh_ok(c, "cat /root/marker && dd if=/dev/zero of=/dev/null bs=100M count=1 2>&1 "
+                 "| grep -c 'records out'");
+    assert_string_equal(o, "kept\n1");
+    free(o);
+
+    assert_int_equal(callf("DeleteSnapshot", NULL, "{\"name\":\"dtpl\",\"teamId\":\"team-d\"}"),
+                     200);
+    /* a ran over the dead server: it may have died already (then it is gone, 404). */
+    long st = callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", a);
+    assert_true(st == 200 || st == 404);
+    assert_int_equal(callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", b), 200);
+    assert_int_equal(callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", c), 200);
+    free(a);
+    free(b);
+    free(c);
+}
+
 /* ---- fork ------------------------------------------------------------------------------------ */
 
 static void test_fork(void **state)
@@ -823,6 +921,7 @@ int main(void)
         cmocka_unit_test_teardown(test_corrupt_refused, after),
         cmocka_unit_test_teardown(test_fork, after),
         cmocka_unit_test_teardown(test_warm_pool, after),
+        cmocka_unit_test_teardown(test_pool_server_dies, after),
         cmocka_unit_test_teardown(test_resume_after_restart, after),
         cmocka_unit_test_teardown(test_stray_restored_reaped, after),
         cmocka_unit_test_teardown(test_auto_pause, after),
