@@ -956,7 +956,8 @@ int memfs_main(int argc, char **argv)
      * them, never us (our own memory is small; the page cache we serve is not charged to us). */
     int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
     if (oom < 0 || write(oom, "-1000", 5) != 5)
-        log_info("memfs.oom_protect_failed", "err=\"%s\"", strerror(errno)); /* not root */
+        log_info("memfs.oom_protect_failed", "err=\"%s\"",
+                 strerror(errno)); /* not root, or a host that refuses it */
     if (oom >= 0)
         close(oom);
 

@@ -552,6 +552,21 @@ static pid_t memfs_server(char *key, size_t n)
     return pid;
 }
 
+static bool can_lower_oom_adj(void)
+{
+    FILE *f = fopen("/proc/self/oom_score_adj", "we");
+    bool ok = f && fputs("-1", f) >= 0 && fflush(f) == 0;
+    if (f)
+        fclose(f);
+    if (ok && (f = fopen("/proc/self/oom_score_adj", "we"))) {
+        fputs("0", f);
+        fclose(f);
+    }
+    if (!ok)
+        fprintf(stderr, "# this host refuses lowering oom_score_adj: not checked\n");
+    return ok;
+}
+
 /* When the memfs server of a template's RAM dies, the sandboxes restored over it are lost (each
  * dies at its next touch of a page it has not read yet), the pooled ones among them too: a create
  * must never be handed one of those. It gets a sandbox over a new server, and the pool is made
@@ -585,6 +600,18 @@ static void test_pool_server_dies(void **state)
             closedir(d);
     }
     assert_int_equal(np, 2);
+    /* The OOM killer must never pick it (every clone of the template depends on it), where
+     * root may lower an oom_score_adj at all (some container hosts refuse it: EACCES). */
+    if (can_lower_oom_adj()) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/oom_score_adj", (int)dead);
+        FILE *f = fopen(path, "re");
+        int adj = 0;
+        assert_non_null(f);
+        assert_int_equal(fscanf(f, "%d", &adj), 1);
+        fclose(f);
+        assert_int_equal(adj, -1000);
+    }
     /* The agent spawned it for this test's template: ours to kill, by its pid. */
     assert_int_equal(kill(dead, SIGKILL), 0);
 
