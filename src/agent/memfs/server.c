@@ -955,9 +955,10 @@ int memfs_main(int argc, char **argv)
     /* Every VM that maps our file dies (SIGBUS) when we do: the OOM killer must pick one of
      * them, never us (our own memory is small; the page cache we serve is not charged to us). */
     int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-    if (oom < 0 || write(oom, "-1000", 5) != 5)
+    ssize_t ow = oom >= 0 ? write(oom, "-1000", 5) : -1;
+    if (ow != 5) /* not root, or a host that refuses it */
         log_info("memfs.oom_protect_failed", "err=\"%s\"",
-                 strerror(errno)); /* not root, or a host that refuses it */
+                 ow >= 0 ? "short write" : strerror(errno));
     if (oom >= 0)
         close(oom);
 

@@ -82,7 +82,8 @@ static struct sbx_mshare *find(sbx_mgr_t *m, const char *key)
 
 static bool alive(const struct sbx_mshare *x)
 {
-    return x->pid > 0 && procfs_start_time(x->pid) == x->start;
+    /* start 0: its start time could not be read (it was gone already), so it is not alive. */
+    return x->pid > 0 && x->start != 0 && procfs_start_time(x->pid) == x->start;
 }
 
 /* A server of ours that died stays a zombie until reaped: reap exactly that process (by its
@@ -155,6 +156,12 @@ static int start(sbx_mgr_t *m, const char *key, const char *snap, const mem_map_
     if ((rc = memfs_spawn(&o, MSHARE_TIMEOUT_MS, &pid, e)) < 0)
         goto fail;
     uint64_t st = procfs_start_time(pid);
+    if (st == 0) { /* it died right after saying it was ready */
+        rc = err_set(e, -ESRCH, "memfs server %d exited at start (see %s)", (int)pid, log);
+        err_t se = {0};
+        memfs_stop(mnt, pid, MSHARE_TIMEOUT_MS, &se);
+        goto fail;
+    }
     FILE *f = fopen(srv, "we");
     if (!f || fprintf(f, "%d %" PRIu64 "\n", (int)pid, st) < 0 || fclose(f) != 0) {
         if (f)

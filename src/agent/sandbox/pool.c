@@ -13,8 +13,9 @@
  * with the new sandbox's first commands. Pools of templates not used for POOL_IDLE_S, and of
  * templates that were deleted or replaced, are emptied by the reaper; DeleteSnapshot empties
  * its template's pool at once. A pooled sandbox whose VM died, or whose RAM's memfs server died
- * (every page it has not read yet is lost with it), is never given out: the reaper and a
- * create that finds one destroy it, and the filler makes a new one over a new server. Pooled
+ * (every page it has not read yet is lost with it), is never given out: a create skips it, the
+ * reaper destroys it and refills that pool only after the next create from the template (then
+ * over a new server). Pooled
  * sandboxes are not listed. Their directory is named p-<hex> (kept when they are claimed: the VMM's
  * name and cgroup follow it); an agent that restarts destroys the ones still pooled.
  */
@@ -162,7 +163,8 @@ static void *filler_main(void *ud)
         size_t i = 0;
         while (i < p->nents && p->ents[i].s)
             i++;
-        bool keep = rc == 0 && !p->stop && i < p->nents && same_template(tdir, &st);
+        bool keep =
+            rc == 0 && !p->stop && i < p->nents && same_template(tdir, &st) && healthy(m, s);
         if (keep) {
             p->ents[i].s = s;
             log_info("pool.filled", "template=%s name=%s dur_ms=%lld", tdir, s->name,
@@ -228,28 +230,18 @@ sbx_t *sbx__pool_take(sbx_mgr_t *m, const char *tdir)
     struct sbx_pool *p = m->pool;
     if (!p || p->size == 0)
         return NULL;
-    sbx_t *s = NULL, **bad = NULL;
-    size_t nbad = 0;
     pthread_mutex_lock(&p->lock);
-    for (size_t i = 0; i < p->nents && !s;) {
-        pool_ent_t *x = &p->ents[i];
-        if (!x->s || strcmp(x->tdir, tdir) != 0 || !same_template(tdir, &x->st)) {
-            i++;
-            continue;
+    sbx_t *s = NULL;
+    /* An unhealthy entry is skipped, not destroyed here: that may take seconds (a wedged VM),
+     * which this create must not wait for. The reaper drops it within a tick. */
+    for (size_t i = 0; i < p->nents; i++)
+        if (p->ents[i].s && strcmp(p->ents[i].tdir, tdir) == 0 &&
+            same_template(tdir, &p->ents[i].st) && healthy(m, p->ents[i].s)) {
+            s = p->ents[i].s;
+            p->ents[i] = p->ents[--p->nents];
+            break;
         }
-        if (healthy(m, x->s)) {
-            s = x->s;
-        } else {
-            log_warn("pool.unhealthy", "template=%s name=%s", tdir, x->s->name);
-            bad = xrealloc(bad, (nbad + 1) * sizeof *bad);
-            bad[nbad++] = x->s;
-        }
-        *x = p->ents[--p->nents];
-    }
     pthread_mutex_unlock(&p->lock);
-    for (size_t i = 0; i < nbad; i++)
-        destroy_pooled(m, bad[i]);
-    free(bad);
     return s;
 }
 
@@ -289,6 +281,8 @@ static void drain(sbx_mgr_t *m, const char *tdir)
         while (making(p, tdir))
             pthread_cond_wait(&p->cond, &p->lock);
     }
+    char(*sick)[PATH_MAX] = NULL;
+    size_t nsick = 0;
     for (size_t i = 0; i < p->nents;) {
         pool_ent_t *x = &p->ents[i];
         bool go = false;
@@ -301,7 +295,13 @@ static void drain(sbx_mgr_t *m, const char *tdir)
                     if (strcmp(p->wants[k].tdir, x->tdir) == 0 &&
                         now - p->wants[k].used_ms < POOL_IDLE_S * 1000LL)
                         wanted = true;
-                go = !wanted || !same_template(x->tdir, &x->st) || !healthy(m, x->s);
+                go = !wanted || !same_template(x->tdir, &x->st);
+                if (!go && !healthy(m, x->s)) {
+                    log_warn("pool.unhealthy", "template=%s name=%s", x->tdir, x->s->name);
+                    sick = xrealloc(sick, (nsick + 1) * sizeof *sick);
+                    snprintf(sick[nsick++], sizeof *sick, "%s", x->tdir);
+                    go = true;
+                }
             }
         }
         if (!go) {
@@ -312,6 +312,11 @@ static void drain(sbx_mgr_t *m, const char *tdir)
         out[nout++] = x->s;
         *x = p->ents[--p->nents];
     }
+    /* Not refilled at once: what killed it (the OOM killer, a dying server) would likely kill
+     * the next one too. The next create from the template asks again, as after a failed fill. */
+    for (size_t k = 0; k < nsick; k++)
+        forget_want(p, sick[k]);
+    free(sick);
     if (!tdir) {
         for (size_t k = 0; k < p->nwants;) {
             if (now - p->wants[k].used_ms >= POOL_IDLE_S * 1000LL)
