@@ -108,7 +108,7 @@ static int after(void **state)
     }
     json_decref(l);
     /* Templates are meant to outlive sandboxes: each test deletes its own; whatever is still
-     * there is a test failure. */
+     * there is a test failure (then deleted, before the leftovers are counted). */
     char path[400];
     snprintf(path, sizeof path, "%s/templates", ag.root);
     int left = 0;
@@ -126,6 +126,13 @@ static int after(void **state)
                 if (te->d_name[0] != '.') {
                     fprintf(stderr, "# template left: %s/%s\n", de->d_name, te->d_name);
                     left++;
+                    /* Delete it (and so its pool), so that one failed test does not make every
+                     * later one fail on what it left behind. */
+                    if (strcmp(de->d_name, "_") == 0)
+                        callf("DeleteSnapshot", NULL, "{\"name\":\"%s\"}", te->d_name);
+                    else
+                        callf("DeleteSnapshot", NULL, "{\"name\":\"%s\",\"teamId\":\"%s\"}",
+                              te->d_name, de->d_name);
                 }
             if (t)
                 closedir(t);
