@@ -454,19 +454,28 @@ static void wait_pooled(int want)
     assert_int_equal(pooled_count(NULL, NULL, 0), want);
 }
 
+/* Template name of team from a 256 MiB minimal sandbox whose /root/marker says marker. */
+static void make_template(const char *name, const char *team, const char *marker)
+{
+    char *src = create("minimal", "\"memoryMb\":256");
+    char script[128];
+    snprintf(script, sizeof script, "echo %s > /root/marker && sync", marker);
+    free(sh_ok(src, script));
+    assert_int_equal(callf("CreateSnapshot", NULL,
+                           "{\"sandboxId\":\"%s\",\"name\":\"%s\",\"teamId\":\"%s\"}", src, name,
+                           team),
+                     200);
+    assert_int_equal(callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", src), 200);
+    free(src);
+}
+
 /* Creates from a snapshot template in use are served from sandboxes restored ahead of time; each
  * is still the caller's own: id, environment, token, clock and entropy. */
 static void test_warm_pool(void **state)
 {
     (void)state;
     NEED_VMS();
-    char *src = create("minimal", "\"memoryMb\":256");
-    free(sh_ok(src, "echo pooled > /root/marker && sync"));
-    assert_int_equal(callf("CreateSnapshot", NULL,
-                           "{\"sandboxId\":\"%s\",\"name\":\"ptpl\",\"teamId\":\"team-p\"}", src),
-                     200);
-    assert_int_equal(callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", src), 200);
-    free(src);
+    make_template("ptpl", "team-p", "pooled");
     assert_int_equal(pooled_count(NULL, NULL, 0), 0); /* no create from it yet */
     char *a = create("ptpl", "\"teamId\":\"team-p\"");
     wait_pooled(2); /* --pool-size default */
@@ -582,13 +591,7 @@ static void test_pool_server_dies(void **state)
 {
     (void)state;
     NEED_VMS();
-    char *src = create("minimal", "\"memoryMb\":256");
-    free(sh_ok(src, "echo kept > /root/marker && sync"));
-    assert_int_equal(callf("CreateSnapshot", NULL,
-                           "{\"sandboxId\":\"%s\",\"name\":\"dtpl\",\"teamId\":\"team-d\"}", src),
-                     200);
-    assert_int_equal(callf("DestroySandbox", NULL, "{\"sandboxId\":\"%s\"}", src), 200);
-    free(src);
+    make_template("dtpl", "team-d", "kept");
     char *a = create("dtpl", "\"teamId\":\"team-d\"");
     wait_pooled(2);
     char key[64];
