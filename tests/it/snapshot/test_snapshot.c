@@ -653,7 +653,7 @@ static void test_pool_server_dies(void **state)
     /* The reaper destroys the lost pooled ones within a tick; the pool is made again (after a
      * create from the template) over the new server. */
     for (int i = 0; i < np; i++) {
-        char path[700];
+        char path[1000];
         snprintf(path, sizeof path, "%s/sandboxes/%s", ag.root, pooled_before[i]);
         for (int k = 0; k < 100 && access(path, F_OK) == 0; k++)
             usleep(100 * 1000);
