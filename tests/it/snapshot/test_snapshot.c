@@ -21,6 +21,7 @@
 
 #include <cmocka.h>
 
+#include "procfs.h"
 #include "xalloc.h"
 
 static ta_agent_t ag;
@@ -625,19 +626,8 @@ static void test_pool_server_dies(void **state)
     /* The agent spawned it for this test's template: ours to kill, by its pid. */
     assert_int_equal(kill(dead, SIGKILL), 0);
     /* Dead once it is gone or a zombie (the agent's child, reaped later). */
-    for (int i = 0; i < 200; i++) {
-        char path[64], st[512] = "";
-        snprintf(path, sizeof path, "/proc/%d/stat", (int)dead);
-        FILE *f = fopen(path, "re");
-        if (f && !fgets(st, sizeof st, f))
-            st[0] = '\0';
-        if (f)
-            fclose(f);
-        const char *c = strrchr(st, ')');
-        if (!f || (c && c[1] == ' ' && c[2] == 'Z'))
-            break;
+    for (int i = 0; i < 200 && procfs_start_time(dead) != 0; i++)
         usleep(20 * 1000);
-    }
 
     char *b = create("dtpl", "\"teamId\":\"team-d\"");
     char dir_b[300] = "";
